@@ -1,0 +1,129 @@
+"""Request dependencies: the runtime, the transaction, the caller, role checks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any
+
+import structlog
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.audit.service import ANONYMOUS
+from app.auth.principal import Principal, Role
+from app.auth.tokens import VerifiedTokenCache, verify_local_token
+from app.core import jose
+from app.core.db import set_session_tenant
+from app.core.errors import AppError, Forbidden, Unauthenticated
+from app.runtime import Runtime
+
+log = structlog.get_logger("warden.auth")
+_verified = VerifiedTokenCache()
+
+
+def get_runtime(request: Request) -> Runtime:
+    """The process runtime built in the lifespan."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def db_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
+    """One transaction per request: commit when the route returns, roll back when it raises."""
+    async with runtime.sessionmaker() as session:
+        try:
+            yield session
+            await session.commit()
+        except AppError as exc:
+            if exc.commit_changes:
+                await session.commit()
+            else:
+                await session.rollback()
+            raise
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+DbSession = Annotated[AsyncSession, Depends(db_session, scope="function")]
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer …` header, if any."""
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthenticated("Malformed Authorization header.")
+    return value.strip()
+
+
+async def authenticate_token(runtime: Runtime, token: str) -> Principal:
+    """Turn a bearer credential into a principal; every failure is one 401."""
+    try:
+        parsed = jose.parse(token)
+        if parsed.claims.get("iss") != runtime.settings.issuer:
+            raise jose.TokenError("untrusted issuer")
+        principal = await verify_local_token(runtime, parsed, _verified)
+    except jose.TokenError as exc:
+        runtime.audit.submit(
+            tenant_id=None,
+            action="auth.token_rejected",
+            actor=ANONYMOUS,
+            outcome="failure",
+            details={"reason": exc.reason},
+        )
+        raise Unauthenticated("Invalid or expired token.", code="invalid_token") from exc
+    if await runtime.revocations.is_revoked(
+        jti=principal.jti,
+        user_id=principal.id if principal.kind == "user" else None,
+        tenant_id=str(principal.tenant_id),
+        version=int(principal.claims.get("ver", 0)),
+    ):
+        raise Unauthenticated("Token has been revoked.", code="token_revoked")
+    return principal
+
+
+async def current_principal(request: Request, runtime: RuntimeDep) -> Principal:
+    """The authenticated caller (bearer token)."""
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthenticated()
+    principal = await authenticate_token(runtime, token)
+    structlog.contextvars.bind_contextvars(
+        tenant=principal.tenant_slug, principal=f"{principal.kind}:{principal.id}"
+    )
+    request.state.principal = principal
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+async def tenant_session(principal: CurrentPrincipal, session: DbSession) -> AsyncSession:
+    """The request's transaction, scoped to the caller's tenant."""
+    set_session_tenant(session, principal.tenant_id)
+    return session
+
+
+TenantSession = Annotated[AsyncSession, Depends(tenant_session)]
+
+
+def require_role(role: Role) -> Callable[..., Coroutine[Any, Any, Principal]]:
+    """A dependency that admits callers holding `role` or a higher one."""
+
+    async def check(principal: CurrentPrincipal) -> Principal:
+        if not principal.role.at_least(role):
+            raise Forbidden(f"This requires the {role.value} role.", code="insufficient_role")
+        return principal
+
+    return check
+
+
+ViewerPrincipal = Annotated[Principal, Depends(require_role(Role.VIEWER))]
+MemberPrincipal = Annotated[Principal, Depends(require_role(Role.MEMBER))]
+AdminPrincipal = Annotated[Principal, Depends(require_role(Role.ADMIN))]
+OwnerPrincipal = Annotated[Principal, Depends(require_role(Role.OWNER))]

@@ -1,0 +1,290 @@
+"""Every JOSE operation Warden performs, over python-jose, used strictly (RFC 8725).
+
+Nothing else in the code base imports `jose`. python-jose's defaults are loose (a key set makes
+it ignore `kid`, `exp` is optional, the token's own `alg` is trusted without an allow-list), so
+this module parses the compact serialisation itself, looks the key up by `kid` through the
+caller, pins the algorithm to the key, verifies the signature against that one key, and checks
+the registered claims itself. Every failure is a `TokenError`; callers turn it into one 401.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jose import jws
+from jose.exceptions import JOSEError
+
+MAX_TOKEN_BYTES = 8192
+_B64URL = re.compile(r"\A[A-Za-z0-9_-]*\Z")
+_EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
+_CURVE_SIZES = {"P-256": 32, "P-384": 48, "P-521": 66}
+_CURVES: dict[str, ec.EllipticCurve] = {
+    "P-256": ec.SECP256R1(),
+    "P-384": ec.SECP384R1(),
+    "P-521": ec.SECP521R1(),
+}
+RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+EC_ALGORITHMS = frozenset(_EC_CURVES)
+ASYMMETRIC_ALGORITHMS = RSA_ALGORITHMS | EC_ALGORITHMS
+DEFAULT_TYPES = frozenset({"jwt", "at+jwt"})
+
+
+class TokenError(Exception):
+    """The token is not acceptable; `reason` is safe to log, never shown verbatim to clients."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass(frozen=True)
+class VerificationKey:
+    """One public key with the single algorithm it may verify."""
+
+    kid: str | None
+    alg: str
+    key: Any  # a cryptography public key object, prepared once
+
+
+@dataclass(frozen=True)
+class ParsedToken:
+    """A structurally valid compact JWS whose signature is not yet checked."""
+
+    header: dict[str, Any]
+    claims: dict[str, Any]
+    raw: str
+
+
+def _b64decode(part: str) -> bytes:
+    if not _B64URL.match(part):
+        raise TokenError("token is not base64url")
+    try:
+        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise TokenError("token is not base64url") from exc
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise TokenError(f"duplicate member {key!r}")
+        result[key] = value
+    return result
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except TokenError:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TokenError(f"{what} is not JSON") from exc
+    if not isinstance(value, dict):
+        raise TokenError(f"{what} is not a JSON object")
+    return value
+
+
+def parse(token: str, *, allowed_types: Collection[str] = DEFAULT_TYPES) -> ParsedToken:
+    """Parse a compact JWS strictly: size, shape, header rules; no signature check yet."""
+    if not isinstance(token, str) or not token:
+        raise TokenError("empty token")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise TokenError("token too large")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise TokenError("not a compact JWS")
+    header = _json_object(_b64decode(parts[0]), "header")
+    claims = _json_object(_b64decode(parts[1]), "payload")
+    _b64decode(parts[2])
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in ASYMMETRIC_ALGORITHMS:
+        raise TokenError(f"algorithm {alg!r} not accepted")
+    if "crit" in header:
+        raise TokenError("unsupported critical header")
+    if "enc" in header or "zip" in header:
+        raise TokenError("encrypted or compressed tokens are not accepted")
+    kid = header.get("kid")
+    if kid is not None and (not isinstance(kid, str) or len(kid) > 256):
+        raise TokenError("kid is not a short string")
+    typ = header.get("typ")
+    if typ is not None:
+        if not isinstance(typ, str):
+            raise TokenError("typ is not a string")
+        normalised = typ.lower().removeprefix("application/")
+        if normalised not in allowed_types:
+            raise TokenError(f"typ {typ!r} not accepted")
+    # jku, x5u, jwk and x5c are deliberately never read: keys come only from configuration.
+    return ParsedToken(header=header, claims=claims, raw=token)
+
+
+def _numeric(claims: Mapping[str, Any], name: str, required: bool) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        if required:
+            raise TokenError(f"missing {name}")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TokenError(f"{name} is not a number")
+    return float(value)
+
+
+def check_key_matches_alg(key: VerificationKey) -> None:
+    """Refuse a key/algorithm pairing that could be confused (RFC 8725 §3.1)."""
+    if key.alg in RSA_ALGORITHMS:
+        if not isinstance(key.key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
+            raise TokenError("RSA algorithm with a non-RSA key")
+        if key.key.key_size < 2048:
+            raise TokenError("RSA key shorter than 2048 bits")
+    elif key.alg in EC_ALGORITHMS:
+        if not isinstance(key.key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
+            raise TokenError("EC algorithm with a non-EC key")
+        if _CURVES[_EC_CURVES[key.alg]].name != key.key.curve.name:
+            raise TokenError("EC algorithm with a key on another curve")
+    else:
+        raise TokenError(f"algorithm {key.alg!r} not accepted")
+
+
+def verify(
+    token: ParsedToken,
+    key: VerificationKey,
+    *,
+    issuer: str,
+    audiences: Collection[str],
+    leeway: int = 30,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Verify signature and registered claims of a parsed token against one chosen key."""
+    if token.header.get("alg") != key.alg:
+        raise TokenError("algorithm does not match the key")
+    check_key_matches_alg(key)
+    try:
+        jws.verify(token.raw, key.key, algorithms=[key.alg])
+    except JOSEError as exc:
+        raise TokenError("bad signature") from exc
+    except Exception as exc:  # python-jose can raise anything on hostile input
+        raise TokenError("signature could not be checked") from exc
+    claims = token.claims
+    now = time.time() if now is None else now
+    exp = _numeric(claims, "exp", required=True)
+    nbf = _numeric(claims, "nbf", required=False)
+    iat = _numeric(claims, "iat", required=False)
+    if exp is not None and exp <= now - leeway:
+        raise TokenError("token expired")
+    if nbf is not None and nbf > now + leeway:
+        raise TokenError("token not yet valid")
+    if iat is not None and iat > now + leeway:
+        raise TokenError("token issued in the future")
+    if claims.get("iss") != issuer:
+        raise TokenError("issuer mismatch")
+    aud = claims.get("aud")
+    token_auds = [aud] if isinstance(aud, str) else aud
+    if not isinstance(token_auds, list) or not all(isinstance(a, str) for a in token_auds):
+        raise TokenError("audience missing or malformed")
+    if not audiences or not set(token_auds) & set(audiences):
+        raise TokenError("audience mismatch")
+    sub = claims.get("sub")
+    if sub is not None and not isinstance(sub, str):
+        raise TokenError("sub is not a string")
+    return claims
+
+
+def verify_with(
+    raw: str,
+    resolve_key: Callable[[ParsedToken], VerificationKey],
+    *,
+    issuer: str,
+    audiences: Collection[str],
+    leeway: int = 30,
+    allowed_types: Collection[str] = DEFAULT_TYPES,
+) -> dict[str, Any]:
+    """Parse, resolve the one key by `kid` through the caller, and verify."""
+    parsed = parse(raw, allowed_types=allowed_types)
+    return verify(parsed, resolve_key(parsed), issuer=issuer, audiences=audiences, leeway=leeway)
+
+
+def sign(claims: Mapping[str, Any], private_key: Any, *, kid: str, alg: str = "ES256") -> str:
+    """Sign claims as a compact JWS with `kid` and `typ: JWT` in the header."""
+    headers = {"kid": kid, "typ": "JWT"}
+    return str(jws.sign(dict(claims), private_key, headers=headers, algorithm=alg))
+
+
+def _b64int(value: int, size: int) -> str:
+    return base64.urlsafe_b64encode(value.to_bytes(size, "big")).decode().rstrip("=")
+
+
+def public_jwk(public_key: Any, *, kid: str, alg: str) -> dict[str, str]:
+    """The JWK (RFC 7517) of a public key, as published in a JWKS."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        crv = _EC_CURVES[alg]
+        numbers = public_key.public_numbers()
+        size = _CURVE_SIZES[crv]
+        return {
+            "kty": "EC",
+            "crv": crv,
+            "x": _b64int(numbers.x, size),
+            "y": _b64int(numbers.y, size),
+            "kid": kid,
+            "alg": alg,
+            "use": "sig",
+        }
+    if isinstance(public_key, rsa.RSAPublicKey):
+        rsa_numbers = public_key.public_numbers()
+        return {
+            "kty": "RSA",
+            "n": _b64int(rsa_numbers.n, (rsa_numbers.n.bit_length() + 7) // 8),
+            "e": _b64int(rsa_numbers.e, (rsa_numbers.e.bit_length() + 7) // 8),
+            "kid": kid,
+            "alg": alg,
+            "use": "sig",
+        }
+    raise TypeError("unsupported key type")
+
+
+def _jwk_int(jwk: Mapping[str, Any], name: str) -> int:
+    value = jwk.get(name)
+    if not isinstance(value, str):
+        raise TokenError(f"JWK member {name} missing")
+    try:
+        return int.from_bytes(_b64decode(value), "big")
+    except TokenError as exc:
+        raise TokenError(f"JWK member {name} is not base64url") from exc
+
+
+def key_from_jwk(jwk: Mapping[str, Any], alg: str | None = None) -> VerificationKey:
+    """Build a verification key from a public JWK; private members are refused."""
+    if any(member in jwk for member in ("d", "p", "q", "k")):
+        raise TokenError("JWK carries private or symmetric key material")
+    kty = jwk.get("kty")
+    kid = jwk.get("kid") if isinstance(jwk.get("kid"), str) else None
+    key_alg = alg or jwk.get("alg")
+    if kty == "RSA":
+        public: Any = rsa.RSAPublicNumbers(_jwk_int(jwk, "e"), _jwk_int(jwk, "n")).public_key()
+        key_alg = key_alg or "RS256"
+    elif kty == "EC":
+        crv = jwk.get("crv")
+        if crv not in _CURVES:
+            raise TokenError("unsupported EC curve")
+        numbers = ec.EllipticCurvePublicNumbers(
+            _jwk_int(jwk, "x"), _jwk_int(jwk, "y"), _CURVES[str(crv)]
+        )
+        try:
+            public = numbers.public_key()
+        except ValueError as exc:
+            raise TokenError("EC point is not on the curve") from exc
+        key_alg = key_alg or {v: k for k, v in _EC_CURVES.items()}[str(crv)]
+    else:
+        raise TokenError(f"unsupported key type {kty!r}")
+    if not isinstance(key_alg, str):
+        raise TokenError("JWK alg is not a string")
+    key = VerificationKey(kid=kid, alg=key_alg, key=public)
+    check_key_matches_alg(key)
+    return key

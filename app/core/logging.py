@@ -1,0 +1,95 @@
+"""structlog configuration: every line JSON (uvicorn's too), with the request context merged."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRET_KEYS = re.compile(
+    r"(password|secret|token|authorization|api[_-]?key|cookie|credential|value)", re.I
+)
+_BEARER = re.compile(r"(?i)(bearer\s+|wk_)[A-Za-z0-9._~+/=-]{8,}")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+
+
+def mask_email(email: str | None) -> str | None:
+    """`alice@company.com` → `a***@company.com`: enough to recognise, not to harvest."""
+    if not email or "@" not in email:
+        return email
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}***@{domain}"
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _JWT.sub("[redacted-jwt]", _BEARER.sub(r"\1[redacted]", value))
+    return value
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Drop values of secret-looking keys and scrub tokens that slipped into strings."""
+    for key in list(event_dict):
+        if key in ("event", "level", "timestamp", "logger"):
+            event_dict[key] = _scrub(event_dict[key])
+            continue
+        if _SECRET_KEYS.search(key):
+            event_dict[key] = "[redacted]"
+        elif key in ("email", "actor_email", "user_email"):
+            event_dict[key] = mask_email(event_dict[key])
+        else:
+            event_dict[key] = _scrub(event_dict[key])
+    return event_dict
+
+
+def _drop_color_message(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    event_dict.pop("color_message", None)
+    return event_dict
+
+
+def configure_logging(level: str = "info") -> None:
+    """Route structlog and stdlib logging through one JSON renderer on stdout."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.ExtraAdder(),
+        _drop_color_message,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        redact_secrets,
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        lg = logging.getLogger(name)
+        lg.handlers = []
+        lg.propagate = True
+    # SQLAlchemy and httpx are chatty at INFO and could echo parameters.
+    logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -1,0 +1,144 @@
+"""Pure ASGI middleware: request id, log context, security headers, body size cap, access log."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.context import RequestContext, set_request_context
+
+log = structlog.get_logger("warden.access")
+_SAFE_ID = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def client_ip(scope: Scope, trust_forwarded_for: bool) -> str | None:
+    """The caller's address; X-Forwarded-For only when a trusted proxy sets it."""
+    if trust_forwarded_for:
+        for name, value in scope.get("headers", []):
+            if name == b"x-forwarded-for":
+                first = value.decode("latin-1").split(",")[0].strip()
+                if first:
+                    return first[:64]
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+def _header(scope: Scope, wanted: bytes) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == wanted:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class RequestContextMiddleware:
+    """Assigns the request id, binds log context and adds the headers every response carries."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        trust_forwarded_for: bool = False,
+        hsts: bool = False,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
+        self.app = app
+        self.trust_forwarded_for = trust_forwarded_for
+        self.hsts = hsts
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, b"x-request-id")
+        request_id = incoming if incoming and _SAFE_ID.match(incoming) else uuid.uuid4().hex
+        ip = client_ip(scope, self.trust_forwarded_for)
+        scope.setdefault("state", {})["request_id"] = request_id
+        set_request_context(
+            RequestContext(request_id=request_id, ip=ip, user_agent=_header(scope, b"user-agent"))
+        )
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 500
+        path: str = scope.get("path", "")
+        https = scope.get("scheme") == "https" or self.hsts
+
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await _too_large(send, request_id)
+            return
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                extra = [
+                    (b"x-request-id", request_id.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"x-frame-options", b"DENY"),
+                ]
+                if b"cache-control" not in names:
+                    extra.append((b"cache-control", b"no-store"))
+                if https:
+                    extra.append((b"strict-transport-security", b"max-age=63072000"))
+                message["headers"] = headers + [h for h in extra if h[0] not in names]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_headers)
+        except _BodyTooLarge:
+            await _too_large(send, request_id)
+            status = 413
+        finally:
+            log.info(
+                "request",
+                method=scope.get("method"),
+                path=path,
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                ip=ip,
+            )
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, request_id: str) -> None:
+    body = json.dumps(
+        {
+            "error": {
+                "code": "payload_too_large",
+                "message": "Request body too large.",
+                "request_id": request_id,
+            }
+        }
+    ).encode()
+    headers: list[tuple[bytes, bytes]] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+    ]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

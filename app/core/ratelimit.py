@@ -1,0 +1,134 @@
+"""Rate limits: slowapi for the global per-IP limit and the login limit, `limits.aio` for the
+per-account login limit and per-policy limits (async, Redis-backed when `REDIS_URL` is set)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+import structlog
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from limits import RateLimitItem, parse
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+from slowapi import Limiter
+from slowapi.errors import RateLimitExceeded
+
+from app.core.config import get_settings
+from app.core.context import current_request
+from app.core.errors import ServiceUnavailable, error_response
+
+log = structlog.get_logger("warden.ratelimit")
+
+
+def _ip_key(request: Request) -> str:
+    return current_request().ip or (request.client.host if request.client else "unknown")
+
+
+def _global_limit() -> str:
+    return get_settings().global_rate_limit
+
+
+def login_limit() -> str:
+    """The per-IP limit on login and registration (a callable, so settings stay live)."""
+    return get_settings().login_rate_limit
+
+
+def _sync_storage_uri() -> str:
+    return get_settings().redis_url or "memory://"
+
+
+limiter = Limiter(
+    key_func=_ip_key,
+    default_limits=[_global_limit],
+    storage_uri=_sync_storage_uri(),
+    strategy="fixed-window",
+    key_prefix="warden-slowapi",
+    headers_enabled=False,
+)
+
+
+async def rate_limit_exceeded_handler(request: Request, exc: Exception) -> JSONResponse:
+    """slowapi's 429 in our error shape, with Retry-After."""
+    retry_after = 60
+    if isinstance(exc, RateLimitExceeded) and exc.limit is not None:
+        retry_after = max(1, int(exc.limit.limit.get_expiry()))
+    log.info("rate_limited", scope="ip", path=request.url.path)
+    return error_response(
+        request,
+        429,
+        "rate_limited",
+        "Too many requests from this address.",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+@dataclass(frozen=True)
+class LimitState:
+    """The outcome of one limit check, with what the headers need."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_at: float
+
+    @property
+    def retry_after(self) -> int:
+        """Seconds until a retry may succeed."""
+        return max(1, math.ceil(self.reset_at - time.time()))
+
+    def headers(self) -> dict[str, str]:
+        """`X-RateLimit-*` (and `Retry-After` when refused)."""
+        headers = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(max(0, self.remaining)),
+            "X-RateLimit-Reset": str(math.ceil(self.reset_at)),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(self.retry_after)
+        return headers
+
+
+class AsyncLimiter:
+    """Moving-window counters shared by every process when Redis backs them."""
+
+    def __init__(self, redis_url: str | None) -> None:
+        uri = "async+memory://"
+        if redis_url:
+            uri = "async+" + redis_url if not redis_url.startswith("async+") else redis_url
+        self.distributed = redis_url is not None
+        options = {"implementation": "redispy"} if redis_url else {}
+        self.storage = storage_from_string(uri, **options)
+        self.strategy = MovingWindowRateLimiter(self.storage)
+
+    async def hit(self, item: RateLimitItem, *key: str) -> LimitState:
+        """Spend one unit if available; fail closed when the shared store is unreachable."""
+        try:
+            allowed = await self.strategy.hit(item, *key)
+            stats = await self.strategy.get_window_stats(item, *key)
+        except Exception as exc:
+            log.error("rate_limit_store_unavailable", error=type(exc).__name__)
+            raise ServiceUnavailable("The rate-limit store is unavailable.") from exc
+        return LimitState(allowed, item.amount, stats.remaining, stats.reset_time)
+
+    async def peek(self, item: RateLimitItem, *key: str) -> LimitState:
+        """Check without spending."""
+        try:
+            allowed = await self.strategy.test(item, *key)
+            stats = await self.strategy.get_window_stats(item, *key)
+        except Exception as exc:
+            log.error("rate_limit_store_unavailable", error=type(exc).__name__)
+            raise ServiceUnavailable("The rate-limit store is unavailable.") from exc
+        return LimitState(allowed, item.amount, stats.remaining, stats.reset_time)
+
+    async def reset(self) -> None:
+        """Forget every counter (tests and maintenance)."""
+        await cast(Any, self.storage).reset()
+
+
+def parse_limit(text: str) -> RateLimitItem:
+    """`10/minute` → a limit item."""
+    return parse(text)

@@ -1,0 +1,92 @@
+"""The public ASGI application (`app.main:app`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from slowapi.errors import RateLimitExceeded
+from slowapi.middleware import SlowAPIASGIMiddleware
+
+from app import models as _models  # noqa: F401  (every table registered before any query)
+from app.auth.router import router as auth_router
+from app.auth.router import well_known
+from app.core.config import Settings, get_settings
+from app.core.errors import install_error_handlers
+from app.core.health import router as health_router
+from app.core.logging import configure_logging
+from app.core.middleware import RequestContextMiddleware
+from app.core.ratelimit import limiter, rate_limit_exceeded_handler
+from app.runtime import Runtime
+from app.tenants.router import router as tenant_router
+from app.users.router import router as users_router
+
+API_PREFIX = "/api/v1"
+
+
+def api_router() -> APIRouter:
+    """Every public `/api/v1` route."""
+    api = APIRouter(prefix=API_PREFIX)
+    api.include_router(auth_router)
+    api.include_router(tenant_router)
+    api.include_router(users_router)
+    return api
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the public app; the runtime (database, keys, Redis) is made in the lifespan."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime.build(settings)
+        await runtime.start()
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="Warden",
+        version="0.1.0",
+        description=(
+            "Multi-tenant access control: authenticate, decide, rate-limit, forward, audit. "
+            'Errors are `{"error": {"code", "message", "request_id"}}`.'
+        ),
+        lifespan=lifespan,
+    )
+    app.state.limiter = limiter
+    install_error_handlers(app)
+    app.add_exception_handler(RateLimitExceeded, rate_limit_exceeded_handler)
+    app.include_router(health_router)
+    app.include_router(well_known)
+    app.include_router(api_router())
+    app.add_middleware(SlowAPIASGIMiddleware)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "X-CSRF-Token",
+                "X-API-Key",
+                "X-Request-ID",
+                "X-Tenant",
+            ],
+        )
+    app.add_middleware(
+        RequestContextMiddleware,
+        trust_forwarded_for=settings.trust_forwarded_for,
+        hsts=settings.hsts,
+    )
+    return app
+
+
+app = create_app()

@@ -1,0 +1,88 @@
+"""The per-process state built in the app's lifespan: one of each, shared by every request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import structlog
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.audit.service import AuditWriter
+from app.auth.keys import SigningKeyring
+from app.auth.revocation import RevocationStore
+from app.core.config import Settings
+from app.core.crypto import KeyRing
+from app.core.db import make_engine
+from app.core.ratelimit import AsyncLimiter
+
+log = structlog.get_logger("warden.runtime")
+KEY_RELOAD_SECONDS = 60
+
+
+@dataclass
+class Runtime:
+    """Everything long-lived a request may need."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    master: KeyRing
+    redis: Redis | None
+    keyring: SigningKeyring
+    revocations: RevocationStore
+    limiter: AsyncLimiter
+    audit: AuditWriter
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        """Create (not yet start) the runtime for these settings."""
+        engine = make_engine(settings.database_url)
+        sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+        master = KeyRing.from_settings(settings.warden_master_key)
+        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        publish_for = timedelta(
+            seconds=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60
+        )
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessionmaker=sessionmaker,
+            master=master,
+            redis=redis,
+            keyring=SigningKeyring(sessionmaker, master, publish_for),
+            revocations=RevocationStore(redis),
+            limiter=AsyncLimiter(settings.redis_url),
+            audit=AuditWriter(sessionmaker, settings.audit_flush_interval_ms),
+        )
+
+    async def start(self) -> None:
+        """Load keys and revocations, start background tasks."""
+        await self.keyring.load()
+        await self.revocations.load(self.sessionmaker)
+        self.audit.start()
+        self._tasks.append(asyncio.create_task(self._reload_keys(), name="key-reload"))
+
+    async def _reload_keys(self) -> None:
+        while True:
+            await asyncio.sleep(KEY_RELOAD_SECONDS)
+            try:
+                await self.keyring.load(create_if_missing=False)
+            except Exception as exc:  # a transient database error must not kill the loop
+                log.error("key_reload_failed", error=repr(exc))
+
+    async def stop(self) -> None:
+        """Flush the audit queue and release connections."""
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.audit.stop()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.engine.dispose()

@@ -1,0 +1,125 @@
+"""Tenant creation, settings and deletion."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.audit.models import AuditChainHead
+from app.audit.service import Actor, record
+from app.auth.principal import Principal, Role
+from app.core.db import set_session_tenant
+from app.core.errors import Conflict, NotFound
+from app.core.types import utcnow
+from app.runtime import Runtime
+from app.tenants.models import Tenant
+from app.tenants.schemas import TenantUpdate
+from app.users.models import User
+from app.users.service import add_user
+
+
+async def get_by_slug(session: AsyncSession, slug: str) -> Tenant | None:
+    """The tenant with this slug, if any."""
+    stmt = select(Tenant).where(Tenant.slug == slug)  # type: ignore[arg-type]
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> Tenant:
+    """The caller's tenant (404 if it was deleted meanwhile)."""
+    tenant = await session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise NotFound("Tenant not found.", code="tenant_not_found")
+    return tenant
+
+
+async def create_tenant_with_owner(
+    session: AsyncSession,
+    *,
+    slug: str,
+    name: str,
+    owner_email: str,
+    owner_password: str,
+    actor: Actor | None = None,
+) -> tuple[Tenant, User]:
+    """A tenant and its first owner, atomically, both audited."""
+    if await get_by_slug(session, slug) is not None:
+        raise Conflict("This tenant slug is taken.", code="tenant_exists")
+    tenant = Tenant(slug=slug, name=name)
+    session.add(tenant)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise Conflict("This tenant slug is taken.", code="tenant_exists") from exc
+    set_session_tenant(session, tenant.id)
+    actor = actor or Actor("anonymous", None, owner_email)
+    await record(
+        session,
+        tenant_id=tenant.id,
+        action="tenant.created",
+        actor=actor,
+        target_type="tenant",
+        target_id=str(tenant.id),
+        details={"slug": slug},
+    )
+    user = await add_user(
+        session,
+        tenant_id=tenant.id,
+        email=owner_email,
+        password=owner_password,
+        role=Role.OWNER,
+        actor=actor,
+    )
+    return tenant, user
+
+
+async def update_tenant(session: AsyncSession, principal: Principal, data: TenantUpdate) -> Tenant:
+    """`PATCH /tenant`: name and settings."""
+    tenant = await get_tenant(session, principal.tenant_id)
+    changed: list[str] = []
+    if data.name is not None and data.name != tenant.name:
+        tenant.name = data.name
+        changed.append("name")
+    if data.settings is not None:
+        merged = {**tenant.settings, **data.settings.model_dump(exclude_unset=True)}
+        if merged != tenant.settings:
+            tenant.settings = merged
+            changed.append("settings")
+    if changed:
+        tenant.updated_at = utcnow()
+        await session.flush()
+        await record(
+            session,
+            tenant_id=tenant.id,
+            action="tenant.updated",
+            actor=principal.actor,
+            target_type="tenant",
+            target_id=str(tenant.id),
+            details={"changed": changed},
+        )
+    return tenant
+
+
+async def delete_tenant(session: AsyncSession, runtime: Runtime, principal: Principal) -> None:
+    """`DELETE /tenant` (owner): every row of the tenant goes; its tokens die at once."""
+    tenant = await get_tenant(session, principal.tenant_id)
+    ttl = timedelta(
+        seconds=runtime.settings.access_token_ttl_seconds + runtime.settings.jwt_leeway_seconds
+    )
+    await runtime.revocations.revoke(session, f"tenant:{tenant.id}", ttl=ttl)
+    await session.delete(tenant)
+    await session.execute(delete(AuditChainHead).where(AuditChainHead.chain == str(tenant.id)))  # type: ignore[arg-type]
+    await session.flush()
+    # The tenant's own chain is gone with it; the deletion is kept in the system chain.
+    await record(
+        session,
+        tenant_id=None,
+        action="tenant.deleted",
+        actor=principal.actor,
+        target_type="tenant",
+        target_id=str(tenant.id),
+        details={"slug": tenant.slug},
+    )
