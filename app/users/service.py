@@ -13,11 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit.service import Actor, record
 from app.auth.models import RefreshToken
 from app.auth.principal import Principal, Role
+from app.core.emails import normalize_email
 from app.core.errors import Conflict, Forbidden, Unprocessable
 from app.core.pagination import PageParams, paginate
 from app.core.passwords import hash_password, password_problem
 from app.core.types import utcnow
-from app.core.emails import normalize_email
 from app.runtime import Runtime
 from app.users import repository
 from app.users.models import User
