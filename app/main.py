@@ -11,14 +11,17 @@ from slowapi.errors import RateLimitExceeded
 from slowapi.middleware import SlowAPIASGIMiddleware
 
 from app import models as _models  # noqa: F401  (every table registered before any query)
+from app.apikeys.router import router as apikeys_router
 from app.auth.router import router as auth_router
 from app.auth.router import well_known
+from app.authz.router import router as authz_router
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.health import router as health_router
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.ratelimit import limiter, rate_limit_exceeded_handler
+from app.endpoints.router import router as endpoints_router
 from app.runtime import Runtime
 from app.tenants.router import router as tenant_router
 from app.users.router import router as users_router
@@ -32,6 +35,9 @@ def api_router() -> APIRouter:
     api.include_router(auth_router)
     api.include_router(tenant_router)
     api.include_router(users_router)
+    api.include_router(endpoints_router)
+    api.include_router(apikeys_router)
+    api.include_router(authz_router)
     return api
 
 

@@ -1,16 +1,24 @@
 """Every table model, imported in one place so alembic and the mappers see one metadata."""
 
+from app.apikeys.models import ApiKey
 from app.audit.models import AuditChainHead, AuditEvent
 from app.auth.models import RefreshToken, Revocation, SigningKey
+from app.endpoints.models import Endpoint
+from app.policies.models import Policy
+from app.secrets.models import UpstreamCredential
 from app.tenants.models import Tenant
 from app.users.models import User
 
 __all__ = [
+    "ApiKey",
     "AuditChainHead",
     "AuditEvent",
+    "Endpoint",
+    "Policy",
     "RefreshToken",
     "Revocation",
     "SigningKey",
     "Tenant",
+    "UpstreamCredential",
     "User",
 ]

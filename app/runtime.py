@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import httpx
 import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -14,9 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.audit.service import AuditWriter
 from app.auth.keys import SigningKeyring
 from app.auth.revocation import RevocationStore
+from app.authz.cache import ApiKeyCache, EndpointCache
 from app.core.config import Settings
 from app.core.crypto import KeyRing
 from app.core.db import make_engine
+from app.core.invalidation import InvalidationBus
 from app.core.ratelimit import AsyncLimiter
 
 log = structlog.get_logger("warden.runtime")
@@ -36,7 +40,25 @@ class Runtime:
     revocations: RevocationStore
     limiter: AsyncLimiter
     audit: AuditWriter
+    bus: InvalidationBus
+    http: httpx.AsyncClient
+    endpoints: EndpointCache
+    apikeys: ApiKeyCache
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _used_keys: set[uuid.UUID] = field(default_factory=set)
+
+    def touch_api_key(self, key_id: uuid.UUID) -> None:
+        """Note a key's use; `last_used_at` is written in the background, not per request."""
+        self._used_keys.add(key_id)
+
+    async def flush_key_usage(self) -> None:
+        """Write `last_used_at` for the keys used since the last flush."""
+        if not self._used_keys:
+            return
+        used, self._used_keys = self._used_keys, set()
+        from app.apikeys.service import mark_used
+
+        await mark_used(self.sessionmaker, used)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -58,12 +80,24 @@ class Runtime:
             revocations=RevocationStore(redis),
             limiter=AsyncLimiter(settings.redis_url),
             audit=AuditWriter(sessionmaker, settings.audit_flush_interval_ms),
+            bus=InvalidationBus(redis),
+            http=httpx.AsyncClient(
+                timeout=httpx.Timeout(settings.upstream_timeout_seconds),
+                follow_redirects=False,
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                trust_env=False,
+            ),
+            endpoints=EndpointCache(sessionmaker, master),
+            apikeys=ApiKeyCache(sessionmaker),
         )
 
     async def start(self) -> None:
         """Load keys and revocations, start background tasks."""
         await self.keyring.load()
         await self.revocations.load(self.sessionmaker)
+        self.bus.register("endpoint", self.endpoints.invalidate)
+        self.bus.register("apikey", self.apikeys.invalidate)
+        self.bus.start()
         self.audit.start()
         self._tasks.append(asyncio.create_task(self._reload_keys(), name="key-reload"))
 
@@ -72,8 +106,9 @@ class Runtime:
             await asyncio.sleep(KEY_RELOAD_SECONDS)
             try:
                 await self.keyring.load(create_if_missing=False)
+                await self.flush_key_usage()
             except Exception as exc:  # a transient database error must not kill the loop
-                log.error("key_reload_failed", error=repr(exc))
+                log.error("background_refresh_failed", error=repr(exc))
 
     async def stop(self) -> None:
         """Flush the audit queue and release connections."""
@@ -82,7 +117,13 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.bus.stop()
+        try:
+            await self.flush_key_usage()
+        except Exception as exc:
+            log.error("key_usage_flush_failed", error=repr(exc))
         await self.audit.stop()
+        await self.http.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()

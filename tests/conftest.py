@@ -47,6 +47,8 @@ os.environ.update(
         "PUBLIC_URL": "http://warden.test",
         "AUDIT_FLUSH_INTERVAL_MS": "50",
         "CORS_ORIGINS": "http://app.example",
+        "UPSTREAM_ALLOWED_HOSTS": "127.0.0.1",
+        "UPSTREAM_TIMEOUT_SECONDS": "1.5",
     }
 )
 if _REDIS_URL:
@@ -207,3 +209,38 @@ async def tenant(client: httpx.AsyncClient) -> TenantHandle:
 async def other_tenant(client: httpx.AsyncClient) -> TenantHandle:
     """A second, unrelated tenant."""
     return await make_tenant(client)
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[str]:
+    """A real echo server on 127.0.0.1 (base URL)."""
+    from tests.support.servers import serve_in_thread, upstream_app
+
+    with serve_in_thread(upstream_app()) as url:
+        yield url
+
+
+async def make_endpoint(
+    handle: TenantHandle, slug: str | None = None, **fields: Any
+) -> dict[str, Any]:
+    """Create an endpoint in a tenant as its owner."""
+    slug = slug or f"ep-{uuid.uuid4().hex[:8]}"
+    body = {"name": slug.title(), "slug": slug, **fields}
+    r = await handle.client.post("/api/v1/endpoints", json=body, headers=handle.owner.headers)
+    assert r.status_code == 201, r.text
+    data: dict[str, Any] = r.json()
+    return data
+
+
+async def add_policy(
+    handle: TenantHandle, slug: str, policy_type: str, configuration: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """Attach a policy to an endpoint as the tenant's owner."""
+    r = await handle.client.post(
+        f"/api/v1/endpoints/{slug}/policies",
+        json={"policy_type": policy_type, "configuration": configuration, **extra},
+        headers=handle.owner.headers,
+    )
+    assert r.status_code == 201, r.text
+    data: dict[str, Any] = r.json()
+    return data

@@ -9,11 +9,12 @@ import structlog
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.audit.service import ANONYMOUS
+from app.apikeys.service import KEY_PREFIX, expired, hash_key
+from app.audit.service import ANONYMOUS, Actor
 from app.auth.principal import Principal, Role
 from app.auth.tokens import VerifiedTokenCache, verify_local_token
 from app.core import jose
-from app.core.db import set_session_tenant
+from app.core.db import run_post_commit, set_session_tenant
 from app.core.errors import AppError, Forbidden, Unauthenticated
 from app.runtime import Runtime
 
@@ -36,6 +37,7 @@ async def db_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
         try:
             yield session
             await session.commit()
+            await run_post_commit(session)
         except AppError as exc:
             if exc.commit_changes:
                 await session.commit()
@@ -87,12 +89,64 @@ async def authenticate_token(runtime: Runtime, token: str) -> Principal:
     return principal
 
 
-async def current_principal(request: Request, runtime: RuntimeDep) -> Principal:
-    """The authenticated caller (bearer token)."""
+async def authenticate_api_key(runtime: Runtime, key: str) -> Principal:
+    """Resolve an API key (cached per process; revocation reaches every process at once)."""
+    if not key.startswith(KEY_PREFIX) or len(key) > 128:
+        raise Unauthenticated("Invalid API key.", code="invalid_api_key")
+    key_hash = hash_key(key)
+    resolved = await runtime.apikeys.get(key_hash, key)
+    problem = None
+    if resolved is None:
+        problem = "unknown"
+    elif resolved.revoked:
+        problem = "revoked"
+    elif expired(resolved):
+        problem = "expired"
+    if problem is not None or resolved is None:
+        runtime.audit.submit(
+            tenant_id=resolved.tenant_id if resolved else None,
+            action="auth.api_key_rejected",
+            actor=Actor("api_key", str(resolved.id) if resolved else None),
+            outcome="failure",
+            details={"reason": problem},
+        )
+        raise Unauthenticated("Invalid, revoked or expired API key.", code="invalid_api_key")
+    runtime.touch_api_key(resolved.id)
+    return Principal(
+        kind="api_key",
+        id=str(resolved.id),
+        tenant_id=resolved.tenant_id,
+        tenant_slug=resolved.tenant_slug,
+        role=Role.VIEWER,
+        scopes=resolved.scopes,
+        claims={
+            "sub": f"api_key:{resolved.id}",
+            "tenant": resolved.tenant_slug,
+            "scopes": sorted(resolved.scopes),
+            "name": resolved.name,
+        },
+        expires_at=int(resolved.expires_at) if resolved.expires_at else None,
+    )
+
+
+async def authenticate_request(request: Request, runtime: Runtime) -> Principal:
+    """Whatever credential the request carries: bearer JWT, `wk_` API key or `X-API-Key`."""
     token = bearer_token(request)
+    api_key = request.headers.get("x-api-key")
+    if token is not None and api_key is not None:
+        raise Unauthenticated("Send one credential, not two.", code="ambiguous_credentials")
+    if api_key is not None:
+        return await authenticate_api_key(runtime, api_key.strip())
     if token is None:
         raise Unauthenticated()
-    principal = await authenticate_token(runtime, token)
+    if token.startswith(KEY_PREFIX):
+        return await authenticate_api_key(runtime, token)
+    return await authenticate_token(runtime, token)
+
+
+async def current_principal(request: Request, runtime: RuntimeDep) -> Principal:
+    """The authenticated caller."""
+    principal = await authenticate_request(request, runtime)
     structlog.contextvars.bind_contextvars(
         tenant=principal.tenant_slug, principal=f"{principal.kind}:{principal.id}"
     )
@@ -116,6 +170,10 @@ def require_role(role: Role) -> Callable[..., Coroutine[Any, Any, Principal]]:
     """A dependency that admits callers holding `role` or a higher one."""
 
     async def check(principal: CurrentPrincipal) -> Principal:
+        if principal.kind == "api_key":
+            raise Forbidden(
+                "API keys may only call the routes their scopes name.", code="insufficient_scope"
+            )
         if not principal.role.at_least(role):
             raise Forbidden(f"This requires the {role.value} role.", code="insufficient_role")
         return principal

@@ -7,6 +7,7 @@ import hashlib
 import secrets
 import uuid
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,11 +23,13 @@ from app.core.errors import Forbidden, RateLimited, Unauthenticated
 from app.core.passwords import verify_password
 from app.core.ratelimit import parse_limit
 from app.core.types import utcnow
-from app.runtime import Runtime
 from app.tenants.models import Tenant
 from app.tenants.service import create_tenant_with_owner, get_by_slug
 from app.users import repository as users
 from app.users.models import User
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
 
 REFRESH_PREFIX = "rt_"
 LOGIN_FAILED = "Invalid email, password or tenant."

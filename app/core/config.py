@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     argon2_time_cost: int = Field(default=3, ge=1)
     argon2_memory_cost: int = Field(default=65_536, ge=8)
     argon2_parallelism: int = Field(default=4, ge=1)
+    upstream_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     audit_flush_interval_ms: int = Field(default=200, ge=10, le=5_000)
     host: str = "127.0.0.1"
     port: int = 8000

@@ -10,13 +10,15 @@ by the few cross-tenant lookups: credential resolution, CLI maintenance).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
+from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.util import find_tables
 from sqlmodel import SQLModel
 
@@ -92,6 +94,20 @@ def make_engine(database_url: str) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
+POST_COMMIT = "post_commit"
+
+
+def after_commit(session: AsyncSession | Session, callback: Callable[[], Awaitable[None]]) -> None:
+    """Run `callback` once the request's transaction has committed (e.g. cache invalidation)."""
+    session.info.setdefault(POST_COMMIT, []).append(callback)
+
+
+async def run_post_commit(session: AsyncSession) -> None:
+    """Run and forget the callbacks registered with `after_commit`."""
+    for callback in session.info.pop(POST_COMMIT, []):
+        await callback()
+
+
 def set_session_tenant(session: AsyncSession | Session, tenant_id: uuid.UUID | None) -> None:
     """Scope every later query and write of this session to one tenant."""
     session.info[TENANT_KEY] = tenant_id
@@ -129,7 +145,8 @@ def _tenant_filter(state: ORMExecuteState) -> None:
         return
     # Every table anywhere in the statement (FROM, joins, subqueries, UPDATE/DELETE targets),
     # not just the selected entities: `select(func.count()).select_from(User)` counts too.
-    touched = {t.name for t in find_tables(state.statement, include_joins=True, include_crud=True)}
+    statement = cast(ClauseElement, state.statement)
+    touched = {t.name for t in find_tables(statement, include_joins=True, include_crud=True)}
     owned = touched & tenant_owned_tables()
     if not owned:
         return

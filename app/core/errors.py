@@ -28,7 +28,7 @@ class AppError(Exception):
         *,
         code: str | None = None,
         headers: dict[str, str] | None = None,
-        details: dict[str, Any] | None = None,
+        details: Any = None,
     ) -> None:
         self.message = message or self.message
         self.code = code or self.code

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -15,11 +16,13 @@ from app.auth.principal import Principal, Role
 from app.core.db import set_session_tenant
 from app.core.errors import Conflict, NotFound
 from app.core.types import utcnow
-from app.runtime import Runtime
 from app.tenants.models import Tenant
 from app.tenants.schemas import TenantUpdate
 from app.users.models import User
 from app.users.service import add_user
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
 
 
 async def get_by_slug(session: AsyncSession, slug: str) -> Tenant | None:

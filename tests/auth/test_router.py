@@ -49,9 +49,7 @@ class TestTokenAttacks:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         signing_input = (
-            _b64({"alg": "HS256", "typ": "JWT", "kid": jwks["keys"][0]["kid"]})
-            + "."
-            + _b64(claims)
+            _b64({"alg": "HS256", "typ": "JWT", "kid": jwks["keys"][0]["kid"]}) + "." + _b64(claims)
         )
         mac = hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()
         forged = signing_input + "." + base64.urlsafe_b64encode(mac).decode().rstrip("=")

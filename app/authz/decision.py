@@ -1,0 +1,159 @@
+"""The decision: endpoint state → access policies → rule policies → rate limits.
+
+Access and rule policies are pure and evaluated from the cached endpoint; rate limits are
+checked last, so a refused request never spends quota. Every verdict names what decided it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.auth.principal import Principal, Role
+from app.authz.cache import CompiledEndpoint, RateLimitRule
+from app.core.ratelimit import AsyncLimiter, LimitState
+from app.policies.engine import RuleContext, evaluate_access, evaluate_rules
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Who a decision is about (the caller, or an admin's what-if)."""
+
+    key: str
+    kind: str
+    email: str | None
+    role: Role
+    scopes: frozenset[str]
+    claims: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, principal: Principal) -> Subject:
+        """The subject of an authenticated principal."""
+        claims = dict(principal.claims)
+        claims.setdefault("sub", f"{principal.kind}:{principal.id}")
+        claims.setdefault("email", principal.email)
+        claims["role"] = principal.role.value
+        claims["tenant"] = principal.tenant_slug
+        return cls(
+            key=f"{principal.kind}:{principal.id}",
+            kind=principal.kind,
+            email=principal.email,
+            role=principal.role,
+            scopes=principal.scopes,
+            claims=claims,
+        )
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """What rule policies may read of the request."""
+
+    method: str
+    path: str
+    ip: str | None
+
+
+@dataclass
+class Verdict:
+    """The outcome and its explanation."""
+
+    allowed: bool
+    code: str
+    decided_by: str | None
+    reasons: list[str] = field(default_factory=list)
+    limit: LimitState | None = None
+
+
+def may_query(subject: Subject, scope: str = "endpoints:query") -> Verdict | None:
+    """A refusal when this kind of principal may not query at all, else None."""
+    if subject.kind == "api_key":
+        if scope not in subject.scopes:
+            return Verdict(False, "insufficient_scope", None, [f"API key lacks scope {scope}"])
+        return None
+    if not subject.role.at_least(Role.MEMBER):
+        return Verdict(False, "insufficient_role", None, ["viewers cannot query endpoints"])
+    return None
+
+
+def evaluate(endpoint: CompiledEndpoint, subject: Subject, facts: RequestFacts) -> Verdict:
+    """Endpoint state, access and rule policies (no rate limits)."""
+    if not endpoint.is_active:
+        return Verdict(False, "endpoint_disabled", None, ["endpoint is disabled"])
+    access = evaluate_access(endpoint.access, subject.email)
+    if not access.allowed:
+        return Verdict(False, "access_denied", access.decided_by, list(access.reasons))
+    context = RuleContext(
+        auth=subject.claims,
+        method=facts.method,
+        path=facts.path,
+        ip=facts.ip,
+        time=int(time.time()),
+    )
+    rules = evaluate_rules(endpoint.rules, context)
+    if not rules.allowed:
+        return Verdict(False, "rule_denied", rules.decided_by, list(rules.reasons))
+    return Verdict(
+        True,
+        "allowed",
+        rules.decided_by or access.decided_by,
+        list(access.reasons) + list(rules.reasons),
+    )
+
+
+def limit_key(
+    endpoint: CompiledEndpoint, rule: RateLimitRule, subject: Subject, ip: str | None
+) -> tuple[str, ...]:
+    """Counters are per tenant + endpoint + policy + scope subject (never by slug alone)."""
+    who = {
+        "per_user": subject.key,
+        "per_tenant": "tenant",
+        "per_ip": f"ip:{ip or 'unknown'}",
+        "per_endpoint": "endpoint",
+    }[rule.scope]
+    return ("rl", str(endpoint.tenant_id), str(endpoint.id), rule.policy_id, who)
+
+
+async def check_limits(
+    limiter: AsyncLimiter,
+    endpoint: CompiledEndpoint,
+    subject: Subject,
+    ip: str | None,
+    *,
+    spend: bool,
+) -> Verdict | None:
+    """None when every limit has room (spending one unit each when `spend`), else the refusal.
+
+    Returns the tightest window for the response headers through `Verdict.limit` when allowed."""
+    if not endpoint.limits:
+        return None
+    states: list[tuple[RateLimitRule, LimitState]] = []
+    single = len(endpoint.limits) == 1 and spend
+    if not single:
+        for rule in endpoint.limits:
+            state = await limiter.peek(rule.item, *limit_key(endpoint, rule, subject, ip))
+            if not state.allowed:
+                return _limited(rule, state)
+            states.append((rule, state))
+    if spend:
+        states = []
+        for rule in endpoint.limits:
+            state = await limiter.hit(rule.item, *limit_key(endpoint, rule, subject, ip))
+            if not state.allowed:
+                return _limited(rule, state)
+            states.append((rule, state))
+    tightest = min(states, key=lambda pair: pair[1].remaining)[1]
+    return Verdict(True, "allowed", None, [], tightest)
+
+
+def _limited(rule: RateLimitRule, state: LimitState) -> Verdict:
+    return Verdict(
+        False,
+        "rate_limited",
+        rule.policy_id,
+        [
+            f"rate limit policy {rule.policy_id}: {rule.item.amount} requests per "
+            f"{rule.item.multiples}s ({rule.scope}) exceeded"
+        ],
+        state,
+    )

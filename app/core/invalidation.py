@@ -1,0 +1,90 @@
+"""Cross-process cache invalidation.
+
+Caches register a handler for a topic (`endpoint`, `apikey`, …). `publish()` drops the entry in
+this process at once and, with Redis, broadcasts on a pub/sub channel that every process listens
+to, so a change takes effect everywhere within milliseconds. If the subscription drops, every
+cache is cleared on reconnect (messages may have been missed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import structlog
+from redis.asyncio import Redis
+
+log = structlog.get_logger("warden.invalidation")
+CHANNEL = "warden:invalidate"
+Handler = Callable[[str | None], None]  # key, or None for "everything"
+
+
+class InvalidationBus:
+    """Publishes and receives `topic|key` invalidations."""
+
+    def __init__(self, redis: Redis | None) -> None:
+        self.redis = redis
+        self.handlers: dict[str, list[Handler]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    def register(self, topic: str, handler: Handler) -> None:
+        """Call `handler(key)` when `topic|key` is published (`None`: drop everything)."""
+        self.handlers.setdefault(topic, []).append(handler)
+
+    def _dispatch(self, topic: str, key: str | None) -> None:
+        for handler in self.handlers.get(topic, []):
+            handler(key)
+
+    def _clear_all(self) -> None:
+        for topic in self.handlers:
+            self._dispatch(topic, None)
+
+    async def publish(self, topic: str, key: str) -> None:
+        """Invalidate here at once and in every other process."""
+        self._dispatch(topic, key)
+        if self.redis is not None:
+            try:
+                await self.redis.publish(CHANNEL, f"{topic}|{key}")
+            except Exception as exc:  # the local cache is already correct; others have a TTL
+                log.error("invalidation_publish_failed", error=repr(exc))
+
+    def start(self) -> None:
+        """Listen for other processes' invalidations."""
+        if self.redis is not None:
+            self._task = asyncio.create_task(self._listen(), name="invalidation")
+        else:
+            self.ready.set()
+
+    async def _listen(self) -> None:
+        if self.redis is None:
+            return
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(CHANNEL)
+                    self._clear_all()
+                    self.ready.set()
+                    async for message in pubsub.listen():
+                        if message.get("type") != "message":
+                            continue
+                        data = message["data"]
+                        text = data.decode() if isinstance(data, bytes) else str(data)
+                        topic, _, key = text.partition("|")
+                        self._dispatch(topic, key or None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("invalidation_listener_failed", error=repr(exc))
+                self.ready.clear()
+                self._clear_all()
+                await asyncio.sleep(1)
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,0 +1,141 @@
+"""Endpoint management; every change invalidates the enforcement cache after commit."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.audit.service import record
+from app.auth.principal import Principal
+from app.core.db import after_commit
+from app.core.errors import Conflict, Unprocessable
+from app.core.outbound import OutboundRefused, check_outbound_url
+from app.core.pagination import PageParams, paginate
+from app.core.types import utcnow
+from app.endpoints import repository
+from app.endpoints.models import Endpoint
+from app.endpoints.schemas import EndpointCreate, EndpointUpdate
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
+
+ENDPOINT_TOPIC = "endpoint"
+
+
+def cache_key(tenant_id: uuid.UUID, slug: str) -> str:
+    """The invalidation key of one endpoint."""
+    return f"{tenant_id}:{slug}"
+
+
+def invalidate_after_commit(
+    session: AsyncSession, runtime: Runtime, tenant_id: uuid.UUID, slug: str
+) -> None:
+    """Drop the endpoint from every process's cache once the change is committed."""
+
+    async def publish() -> None:
+        await runtime.bus.publish(ENDPOINT_TOPIC, cache_key(tenant_id, slug))
+
+    after_commit(session, publish)
+
+
+async def _checked_upstream(runtime: Runtime, url: str | None) -> str | None:
+    if url is None:
+        return None
+    try:
+        return await check_outbound_url(url, runtime.settings.upstream_allowed_hosts)
+    except OutboundRefused as exc:
+        raise Unprocessable(f"upstream_url: {exc}", code="upstream_refused") from exc
+
+
+async def list_endpoints(
+    session: AsyncSession, params: PageParams
+) -> tuple[list[Endpoint], str | None]:
+    """A page of the tenant's endpoints."""
+    return await paginate(session, select(Endpoint), Endpoint, params)
+
+
+async def create_endpoint(
+    session: AsyncSession, runtime: Runtime, principal: Principal, data: EndpointCreate
+) -> Endpoint:
+    """`POST /endpoints`."""
+    if await repository.find_by_slug(session, data.slug) is not None:
+        raise Conflict("An endpoint with this slug exists.", code="endpoint_exists")
+    values = data.model_dump()
+    values["upstream_url"] = await _checked_upstream(runtime, data.upstream_url)
+    endpoint = Endpoint(tenant_id=principal.tenant_id, **values)
+    session.add(endpoint)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise Conflict("An endpoint with this slug exists.", code="endpoint_exists") from exc
+    await record(
+        session,
+        tenant_id=principal.tenant_id,
+        action="endpoint.created",
+        actor=principal.actor,
+        target_type="endpoint",
+        target_id=str(endpoint.id),
+        details={"slug": endpoint.slug, "upstream": bool(endpoint.upstream_url)},
+    )
+    invalidate_after_commit(session, runtime, principal.tenant_id, endpoint.slug)
+    return endpoint
+
+
+async def update_endpoint(
+    session: AsyncSession,
+    runtime: Runtime,
+    principal: Principal,
+    slug: str,
+    data: EndpointUpdate,
+) -> Endpoint:
+    """`PATCH /endpoints/{slug}`."""
+    endpoint = await repository.get_by_slug(session, slug)
+    changes = data.model_dump(exclude_unset=True)
+    if "name" in changes and changes["name"] is None:
+        raise Unprocessable("name: cannot be null", code="validation_error")
+    for flag in ("is_active", "require_host_audience", "exempt_paths"):
+        if flag in changes and changes[flag] is None:
+            raise Unprocessable(f"{flag}: cannot be null", code="validation_error")
+    if "upstream_url" in changes:
+        changes["upstream_url"] = await _checked_upstream(runtime, changes["upstream_url"])
+    changed = [k for k, v in changes.items() if getattr(endpoint, k) != v]
+    for key in changed:
+        setattr(endpoint, key, changes[key])
+    if changed:
+        endpoint.updated_at = utcnow()
+        await session.flush()
+        await record(
+            session,
+            tenant_id=principal.tenant_id,
+            action="endpoint.updated",
+            actor=principal.actor,
+            target_type="endpoint",
+            target_id=str(endpoint.id),
+            details={"slug": slug, "changed": sorted(changed)},
+        )
+        invalidate_after_commit(session, runtime, principal.tenant_id, slug)
+    return endpoint
+
+
+async def delete_endpoint(
+    session: AsyncSession, runtime: Runtime, principal: Principal, slug: str
+) -> None:
+    """`DELETE /endpoints/{slug}` (its policies and credential go with it)."""
+    endpoint = await repository.get_by_slug(session, slug)
+    endpoint_id = endpoint.id
+    await session.delete(endpoint)
+    await session.flush()
+    await record(
+        session,
+        tenant_id=principal.tenant_id,
+        action="endpoint.deleted",
+        actor=principal.actor,
+        target_type="endpoint",
+        target_id=str(endpoint_id),
+        details={"slug": slug},
+    )
+    invalidate_after_commit(session, runtime, principal.tenant_id, slug)

@@ -1,0 +1,79 @@
+"""Real HTTP servers on 127.0.0.1 for tests: an upstream that echoes what it received."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _echo(request: Request) -> Response:
+    body = await request.body()
+    return JSONResponse(
+        {
+            "method": request.method,
+            "path": request.url.path,
+            "headers": {k.lower(): v for k, v in request.headers.items()},
+            "body": body.decode("utf-8", "replace"),
+            "size": len(body),
+        },
+        status_code=int(request.query_params.get("status", "200")),
+        headers={"X-Upstream": "yes", "Set-Cookie": "upstream=1"},
+    )
+
+
+async def _slow(request: Request) -> Response:
+    await asyncio.sleep(float(request.query_params.get("seconds", "5")))
+    return JSONResponse({"slow": True})
+
+
+async def _teapot(request: Request) -> Response:
+    return JSONResponse({"error": "teapot"}, status_code=418)
+
+
+def upstream_app() -> Starlette:
+    """The echo upstream."""
+    return Starlette(
+        routes=[
+            Route("/echo", _echo, methods=["GET", "POST"]),
+            Route("/slow", _slow, methods=["POST"]),
+            Route("/teapot", _teapot, methods=["POST"]),
+        ]
+    )
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, port: int | None = None) -> Iterator[str]:
+    """Run an ASGI app with uvicorn on 127.0.0.1 in a thread; yields its base URL."""
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
