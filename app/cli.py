@@ -15,7 +15,11 @@ from app.core.config import Settings, get_settings
 from app.core.crypto import KeyRing, generate_master_key
 from app.core.db import make_engine
 
-cli = typer.Typer(help="Warden: multi-tenant access control.", no_args_is_help=True)
+cli = typer.Typer(
+    help="Warden: multi-tenant access control.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 tenant_cli = typer.Typer(help="Tenants.", no_args_is_help=True)
 keys_cli = typer.Typer(help="Signing and encryption keys.", no_args_is_help=True)
 cli.add_typer(tenant_cli, name="tenant")
@@ -26,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run_in_session(work: Callable[[AsyncSession, Settings], Awaitable[T]]) -> T:
+    from app import models  # noqa: F401  (every table mapped before the first query)
+
     settings = get_settings()
 
     async def runner() -> T:
@@ -110,6 +116,28 @@ def keys_rotate() -> None:
         return key.kid
 
     typer.echo(f"new signing key: {_run_in_session(work)}")
+
+
+@keys_cli.command("rotate-encryption")
+def keys_rotate_encryption() -> None:
+    """Re-encrypt stored credentials and signing keys under the first WARDEN_MASTER_KEY entry.
+
+    Rotation without downtime: put the new key first in WARDEN_MASTER_KEY (keep the old one after
+    it), roll the processes, run this command, then drop the old key from the list."""
+    from app.auth.keys import reencrypt_signing_keys
+    from app.secrets.service import reencrypt_all
+
+    async def work(session: AsyncSession, settings: Settings) -> tuple[int, int, str]:
+        master = KeyRing.from_settings(settings.warden_master_key)
+        credentials = await reencrypt_all(session, master)
+        signing = await reencrypt_signing_keys(session, master)
+        return credentials, signing, master.active_kid
+
+    credentials, signing, kid = _run_in_session(work)
+    typer.echo(
+        f"re-encrypted {credentials} credential(s) and {signing} signing key(s) under {kid}; "
+        "older master keys can now be removed from WARDEN_MASTER_KEY"
+    )
 
 
 @keys_cli.command("generate-master")

@@ -1,5 +1,5 @@
-"""Cross-tenant matrix: a tenant-A admin gets 404 for every tenant-B object, on every route
-that takes an id, for reads and writes; and nothing of B changes."""
+"""Cross-tenant matrix: a tenant-A owner gets 404 for every tenant-B object, on every route
+that takes an id or slug, for reads and writes; and nothing of B changes."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from typing import Any
 
 from fastapi.routing import APIRoute
 
-from tests.conftest import TenantHandle
+from tests.conftest import TenantHandle, add_policy, make_endpoint
 
-# How to make an object in tenant B for each path parameter, and a valid write body per method.
 Factory = Callable[[TenantHandle], Awaitable[dict[str, str]]]
 
 
@@ -20,11 +19,49 @@ async def _user(b: TenantHandle) -> dict[str, str]:
     return {"user_id": member.id}
 
 
+async def _endpoint(b: TenantHandle) -> dict[str, str]:
+    ep = await make_endpoint(b)
+    await b.client.put(
+        f"/api/v1/endpoints/{ep['slug']}/credential",
+        headers=b.owner.headers,
+        json={"header": "X-Key", "value": "tenant-b-secret-value"},
+    )
+    return {"slug": ep["slug"]}
+
+
+async def _policy(b: TenantHandle) -> dict[str, str]:
+    ep = await make_endpoint(b)
+    policy = await add_policy(b, ep["slug"], "rule", {"rule": "allow"})
+    return {"slug": ep["slug"], "policy_id": policy["id"]}
+
+
+async def _api_key(b: TenantHandle) -> dict[str, str]:
+    r = await b.client.post(
+        "/api/v1/api-keys",
+        headers=b.owner.headers,
+        json={"name": "b-key", "scopes": ["endpoints:query"]},
+    )
+    return {"key_id": r.json()["id"]}
+
+
 FACTORIES: dict[str, Factory] = {
     "/api/v1/users/{user_id}": _user,
+    "/api/v1/endpoints/{slug}": _endpoint,
+    "/api/v1/endpoints/{slug}/policies": _endpoint,
+    "/api/v1/endpoints/{slug}/credential": _endpoint,
+    "/api/v1/endpoints/{slug}/query": _endpoint,
+    "/api/v1/endpoints/{slug}/policies/{policy_id}": _policy,
+    "/api/v1/api-keys/{key_id}": _api_key,
 }
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PATCH", "/api/v1/users/{user_id}"): {"role": "viewer"},
+    ("PATCH", "/api/v1/endpoints/{slug}"): {"is_active": False},
+    ("POST", "/api/v1/endpoints/{slug}/policies"): {
+        "policy_type": "rule",
+        "configuration": {"rule": "deny"},
+    },
+    ("PATCH", "/api/v1/endpoints/{slug}/policies/{policy_id}"): {"enabled": False},
+    ("PUT", "/api/v1/endpoints/{slug}/credential"): {"header": "X-Key", "value": "stolen-1234"},
 }
 
 
@@ -38,6 +75,28 @@ def templated_routes(app: Any) -> list[tuple[str, str]]:
     return found
 
 
+def fill(path: str, params: dict[str, str]) -> str:
+    url = path
+    for name, value in params.items():
+        url = url.replace("{" + name + "}", value)
+    assert not re.search(r"{\w+}", url), url
+    return url
+
+
+async def b_state(b: TenantHandle) -> Any:
+    """Everything tenant B can see of its own configuration."""
+    h = b.owner.headers
+    users = (await b.client.get("/api/v1/users", headers=h)).json()
+    endpoints = (await b.client.get("/api/v1/endpoints", headers=h)).json()["items"]
+    details = []
+    for ep in endpoints:
+        one = (await b.client.get(f"/api/v1/endpoints/{ep['slug']}", headers=h)).json()
+        pols = (await b.client.get(f"/api/v1/endpoints/{ep['slug']}/policies", headers=h)).json()
+        details.append((one, pols["items"]))
+    keys = (await b.client.get("/api/v1/api-keys", headers=h)).json()
+    return users, details, keys
+
+
 async def test_every_templated_route_is_covered(app):
     missing = {path for _, path in templated_routes(app) if path not in FACTORIES}
     assert not missing, f"add these routes to the isolation matrix: {sorted(missing)}"
@@ -45,20 +104,21 @@ async def test_every_templated_route_is_covered(app):
 
 async def test_cross_tenant_access_is_404(app, client, tenant, other_tenant):
     attacker = tenant.owner.headers
+    own_endpoint = await make_endpoint(tenant)
+    targets = []
     for method, path in templated_routes(app):
-        params = await FACTORIES[path](other_tenant)
-        url = path
-        for name, value in params.items():
-            url = url.replace("{" + name + "}", value)
-        assert not re.search(r"{\w+}", url), url
+        targets.append((method, path, await FACTORIES[path](other_tenant)))
+    before = await b_state(other_tenant)
+    for method, path, params in targets:
         body = BODIES.get((method, path))
-        r = await client.request(method, url, headers=attacker, json=body)
+        r = await client.request(method, fill(path, params), headers=attacker, json=body)
         assert r.status_code == 404, (method, path, r.status_code, r.text)
-        # B's owner still sees the object unchanged.
-        if path == "/api/v1/users/{user_id}":
-            r = await client.get(url, headers=other_tenant.owner.headers)
-            assert r.status_code == 200
-            assert r.json()["role"] == "member"
+        if "policy_id" in params:
+            # A's own endpoint with B's policy id: still 404.
+            mixed = {**params, "slug": own_endpoint["slug"]}
+            r = await client.request(method, fill(path, mixed), headers=attacker, json=body)
+            assert r.status_code == 404, (method, path, "own slug", r.status_code)
+    assert await b_state(other_tenant) == before
 
 
 async def test_tokens_name_their_tenant_only(client, tenant, other_tenant):

@@ -163,3 +163,16 @@ class SigningKeyring:
             if k.retired_at is None or now - k.retired_at <= self.publish_for
         ]
         return {"keys": keys}
+
+
+async def reencrypt_signing_keys(session: AsyncSession, master: KeyRing) -> int:
+    """Re-seal every signing key's private half under the active master key."""
+    done = 0
+    for key in (await session.execute(select(SigningKey))).scalars():
+        if KeyRing.kid_of(key.private_key_ciphertext) == master.active_kid:
+            continue
+        pem = master.decrypt(key.private_key_ciphertext, _associated_data(key.kid))
+        key.private_key_ciphertext = master.encrypt(pem, _associated_data(key.kid))
+        done += 1
+    await session.flush()
+    return done

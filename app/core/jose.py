@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -31,7 +32,8 @@ _CURVES: dict[str, ec.EllipticCurve] = {
     "P-384": ec.SECP384R1(),
     "P-521": ec.SECP521R1(),
 }
-RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+# PS256/384/512 are left out: python-jose cannot verify RSASSA-PSS.
+RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512"})
 EC_ALGORITHMS = frozenset(_EC_CURVES)
 ASYMMETRIC_ALGORITHMS = RSA_ALGORITHMS | EC_ALGORITHMS
 DEFAULT_TYPES = frozenset({"jwt", "at+jwt"})
@@ -81,12 +83,29 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _reject_constant(name: str) -> Any:
+    raise TokenError(f"non-finite number {name}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise TokenError("non-finite number")
+    return value
+
+
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(raw, object_pairs_hook=_no_duplicates)
+        # RFC 7515 §5.2: UTF-8 only (json.loads on bytes would guess UTF-16/32 and BOMs).
+        value = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+        )
     except TokenError:
         raise
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise TokenError(f"{what} is not JSON") from exc
     if not isinstance(value, dict):
         raise TokenError(f"{what} is not a JSON object")
@@ -134,7 +153,13 @@ def _numeric(claims: Mapping[str, Any], name: str, required: bool) -> float | No
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TokenError(f"{name} is not a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError as exc:
+        raise TokenError(f"{name} is out of range") from exc
+    if not math.isfinite(number):
+        raise TokenError(f"{name} is not finite")
+    return number
 
 
 def check_key_matches_alg(key: VerificationKey) -> None:
@@ -189,7 +214,8 @@ def verify(
     token_auds = [aud] if isinstance(aud, str) else aud
     if not isinstance(token_auds, list) or not all(isinstance(a, str) for a in token_auds):
         raise TokenError("audience missing or malformed")
-    if not audiences or not set(token_auds) & set(audiences):
+    accepted = {audiences} if isinstance(audiences, str) else set(audiences)
+    if not accepted or not set(token_auds) & accepted:
         raise TokenError("audience mismatch")
     sub = claims.get("sub")
     if sub is not None and not isinstance(sub, str):
@@ -267,11 +293,14 @@ def key_from_jwk(jwk: Mapping[str, Any], alg: str | None = None) -> Verification
     kid = jwk.get("kid") if isinstance(jwk.get("kid"), str) else None
     key_alg = alg or jwk.get("alg")
     if kty == "RSA":
-        public: Any = rsa.RSAPublicNumbers(_jwk_int(jwk, "e"), _jwk_int(jwk, "n")).public_key()
+        try:
+            public: Any = rsa.RSAPublicNumbers(_jwk_int(jwk, "e"), _jwk_int(jwk, "n")).public_key()
+        except ValueError as exc:
+            raise TokenError("RSA JWK numbers are invalid") from exc
         key_alg = key_alg or "RS256"
     elif kty == "EC":
         crv = jwk.get("crv")
-        if crv not in _CURVES:
+        if not isinstance(crv, str) or crv not in _CURVES:
             raise TokenError("unsupported EC curve")
         numbers = ec.EllipticCurvePublicNumbers(
             _jwk_int(jwk, "x"), _jwk_int(jwk, "y"), _CURVES[str(crv)]
