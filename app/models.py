@@ -4,8 +4,10 @@ from app.apikeys.models import ApiKey
 from app.audit.models import AuditChainHead, AuditEvent
 from app.auth.models import RefreshToken, Revocation, SigningKey
 from app.endpoints.models import Endpoint
+from app.issuers.models import TrustedIssuer
 from app.policies.models import Policy
 from app.secrets.models import UpstreamCredential
+from app.sessions.models import BrowserSession
 from app.tenants.models import Tenant
 from app.users.models import User
 
@@ -13,12 +15,14 @@ __all__ = [
     "ApiKey",
     "AuditChainHead",
     "AuditEvent",
+    "BrowserSession",
     "Endpoint",
     "Policy",
     "RefreshToken",
     "Revocation",
     "SigningKey",
     "Tenant",
+    "TrustedIssuer",
     "UpstreamCredential",
     "User",
 ]

@@ -30,6 +30,9 @@ class AuditEvent(SQLModel, table=True):
     actor_type: str = Field(max_length=16)
     actor_id: str | None = Field(default=None, max_length=256)
     actor_email: str | None = Field(default=None, max_length=254)
+    # SHA-256 over (actor_id, actor_email, ip): the chain hashes this digest, not the personal
+    # fields, so erasure can replace them with a pseudonym and the chain still verifies.
+    actor_digest: str = Field(default="", max_length=64)
     action: str = Field(max_length=64, index=True)
     target_type: str | None = Field(default=None, max_length=32)
     target_id: str | None = Field(default=None, max_length=256)
@@ -49,3 +52,7 @@ class AuditChainHead(SQLModel, table=True):
     chain: str = Field(primary_key=True, max_length=64)
     seq: int = Field(default=0, sa_type=BigInteger)
     last_hash: str = Field(max_length=64)
+    # Retention checkpoint: events up to `base_seq` were pruned; the first kept event's
+    # prev_hash must equal `base_hash`.
+    base_seq: int = Field(default=0, sa_type=BigInteger)
+    base_hash: str = Field(default="0" * 64, max_length=64)

@@ -80,17 +80,21 @@ def canonical_event(event: AuditEvent) -> bytes:
         "seq": event.seq,
         "at": event.at.isoformat(timespec="microseconds"),
         "actor_type": event.actor_type,
-        "actor_id": event.actor_id,
-        "actor_email": event.actor_email,
+        "actor_digest": event.actor_digest,
         "action": event.action,
         "target_type": event.target_type,
         "target_id": event.target_id,
         "outcome": event.outcome,
-        "ip": event.ip,
         "request_id": event.request_id,
         "details": event.details,
     }
     return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def actor_digest(actor_id: str | None, actor_email: str | None, ip: str | None) -> str:
+    """The commitment to the personal fields that the chain hashes (see AuditEvent)."""
+    material = json.dumps([actor_id, actor_email, ip], separators=(",", ":"))
+    return hashlib.sha256(material.encode()).hexdigest()
 
 
 def link_hash(prev_hash: str, event: AuditEvent) -> str:
@@ -100,18 +104,21 @@ def link_hash(prev_hash: str, event: AuditEvent) -> str:
 
 def _event_from(data: EventData) -> AuditEvent:
     ctx = current_request()
+    email = mask_email(data.actor.email)
+    ip = data.ip if data.ip is not None else ctx.ip
     return AuditEvent(
         tenant_id=data.tenant_id,
         seq=0,
-        at=data.at.replace(microsecond=data.at.microsecond),
+        at=data.at,
         actor_type=data.actor.type,
         actor_id=data.actor.id,
-        actor_email=mask_email(data.actor.email),
+        actor_email=email,
+        actor_digest=actor_digest(data.actor.id, email, ip),
         action=data.action,
         target_type=data.target_type,
         target_id=data.target_id,
         outcome=data.outcome,
-        ip=data.ip if data.ip is not None else ctx.ip,
+        ip=ip,
         request_id=data.request_id if data.request_id is not None else ctx.request_id,
         details=json.loads(json.dumps(data.details, default=str)),
         prev_hash=GENESIS,
