@@ -160,6 +160,7 @@ def serve(
         host=host or settings.host,
         port=port or settings.port,
         log_config=None,
+        access_log=False,  # Warden's middleware writes one JSON access line per request
         proxy_headers=settings.trust_forwarded_for,
     )
 
@@ -191,6 +192,9 @@ def dev(
 
 def main() -> None:
     """Console-script entry point."""
+    from app.core.logging import configure_logging
+
+    configure_logging("warning")  # commands print their results; `serve` reconfigures
     cli()
 
 
