@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,6 +25,10 @@ tenant_cli = typer.Typer(help="Tenants.", no_args_is_help=True)
 keys_cli = typer.Typer(help="Signing and encryption keys.", no_args_is_help=True)
 cli.add_typer(tenant_cli, name="tenant")
 cli.add_typer(keys_cli, name="keys")
+audit_cli = typer.Typer(
+    help="The audit trail: verify its hash chains, prune old events.", no_args_is_help=True
+)
+cli.add_typer(audit_cli, name="audit")
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +45,24 @@ def _run_in_session(work: Callable[[AsyncSession, Settings], Awaitable[T]]) -> T
             async with async_sessionmaker(engine, expire_on_commit=False)() as session:
                 async with session.begin():
                     return await work(session, settings)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(runner())
+
+
+def _run_with_sessionmaker(
+    work: Callable[[async_sessionmaker[AsyncSession], Settings], Awaitable[T]],
+) -> T:
+    """Like `_run_in_session`, for work that opens its own short transactions."""
+    from app import models  # noqa: F401  (every table mapped before the first query)
+
+    settings = get_settings()
+
+    async def runner() -> T:
+        engine = make_engine(settings.database_url)
+        try:
+            return await work(async_sessionmaker(engine, expire_on_commit=False), settings)
         finally:
             await engine.dispose()
 
@@ -109,10 +132,19 @@ def tenant_create(
 @keys_cli.command("rotate")
 def keys_rotate() -> None:
     """Add a new signing key; old public keys stay published until their tokens expire."""
+    from app.audit.service import SYSTEM, record
     from app.auth.keys import rotate_signing_key
 
     async def work(session: AsyncSession, settings: Settings) -> str:
         key = await rotate_signing_key(session, KeyRing.from_settings(settings.warden_master_key))
+        await record(
+            session,
+            tenant_id=None,
+            action="keys.rotated",
+            actor=SYSTEM,
+            target_type="signing_key",
+            target_id=key.kid,
+        )
         return key.kid
 
     typer.echo(f"new signing key: {_run_in_session(work)}")
@@ -124,6 +156,7 @@ def keys_rotate_encryption() -> None:
 
     Rotation without downtime: put the new key first in WARDEN_MASTER_KEY (keep the old one after
     it), roll the processes, run this command, then drop the old key from the list."""
+    from app.audit.service import SYSTEM, record
     from app.auth.keys import reencrypt_signing_keys
     from app.secrets.service import reencrypt_all
 
@@ -131,6 +164,15 @@ def keys_rotate_encryption() -> None:
         master = KeyRing.from_settings(settings.warden_master_key)
         credentials = await reencrypt_all(session, master)
         signing = await reencrypt_signing_keys(session, master)
+        await record(
+            session,
+            tenant_id=None,
+            action="keys.reencrypted",
+            actor=SYSTEM,
+            target_type="master_key",
+            target_id=master.active_kid,
+            details={"credentials": credentials, "signing_keys": signing},
+        )
         return credentials, signing, master.active_kid
 
     credentials, signing, kid = _run_in_session(work)
@@ -138,6 +180,57 @@ def keys_rotate_encryption() -> None:
         f"re-encrypted {credentials} credential(s) and {signing} signing key(s) under {kid}; "
         "older master keys can now be removed from WARDEN_MASTER_KEY"
     )
+
+
+@audit_cli.command("verify")
+def audit_verify(
+    tenant: str | None = typer.Option(None, "--tenant", help="Tenant slug; all chains if omitted."),
+) -> None:
+    """Walk the audit hash chains; exit code 1 when any chain is broken."""
+    from app.audit.service import UnknownTenant
+    from app.audit.verify import verify_chains
+
+    try:
+        results = _run_with_sessionmaker(lambda maker, _settings: verify_chains(maker, tenant))
+    except UnknownTenant as exc:
+        typer.echo(f"error: no tenant {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for result in results:
+        report, where = result.report, ""
+        if report.first_broken is not None:
+            broken = report.first_broken
+            where = f" at seq {broken.seq} ({broken.reason}, event {broken.id or '-'})"
+        typer.echo(f"{result.name}: {report.status}{where}, {report.checked} event(s) checked")
+    if any(r.report.status != "intact" for r in results):
+        raise typer.Exit(1)
+
+
+@audit_cli.command("prune")
+def audit_prune(
+    older_than: str | None = typer.Option(
+        None, "--older-than", help="Age like 90d, 12h, 30m (default: AUDIT_RETENTION_DAYS days)."
+    ),
+    tenant: str | None = typer.Option(None, "--tenant", help="Tenant slug; all chains if omitted."),
+) -> None:
+    """Delete audit events older than the retention period; the chains keep verifying."""
+    from app.audit.service import UnknownTenant, parse_age, prune_chains
+
+    settings = get_settings()
+    try:
+        age = parse_age(older_than or f"{settings.audit_retention_days}d")
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        pruned = _run_with_sessionmaker(lambda maker, _settings: prune_chains(maker, age, tenant))
+    except UnknownTenant as exc:
+        typer.echo(f"error: no tenant {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for result in pruned:
+        outcome = f"refused: {result.refused}" if result.refused else f"{result.pruned} pruned"
+        typer.echo(f"{result.name}: {outcome}")
+    if any(result.refused for result in pruned):
+        raise typer.Exit(1)
 
 
 @keys_cli.command("generate-master")
@@ -150,19 +243,79 @@ def keys_generate_master() -> None:
 def serve(
     host: str = typer.Option(None, help="Bind address (default from settings)."),
     port: int = typer.Option(None, help="Port (default from settings)."),
+    internal_host: str = typer.Option(
+        None, help="Bind address of the internal app (default INTERNAL_HOST)."
+    ),
+    internal_port: int = typer.Option(
+        None, help="Port of the internal app (default INTERNAL_PORT)."
+    ),
 ) -> None:
-    """Run the API server."""
-    import uvicorn
-
+    """Run the public API and the internal (east-west) API, in one process."""
     settings = get_settings()
-    uvicorn.run(
-        "app.main:app",
-        host=host or settings.host,
-        port=port or settings.port,
-        log_config=None,
-        access_log=False,  # Warden's middleware writes one JSON access line per request
-        proxy_headers=settings.trust_forwarded_for,
+    asyncio.run(
+        serve_both(
+            settings,
+            host=host or settings.host,
+            port=port or settings.port,
+            internal_host=internal_host or settings.internal_host,
+            internal_port=internal_port or settings.internal_port,
+        )
     )
+
+
+async def serve_both(
+    settings: Settings, *, host: str, port: int, internal_host: str, internal_port: int
+) -> None:
+    """Two uvicorn servers on one loop sharing one runtime; a signal stops both."""
+    import signal
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from app.internal import create_internal_app
+    from app.main import create_app
+    from app.runtime import Runtime
+
+    class _Server(uvicorn.Server):
+        # uvicorn would install process-wide signal handlers per server, each replacing the
+        # other's; both are stopped by the one handler installed below instead.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    def config(app: FastAPI, bind: str, bind_port: int) -> uvicorn.Config:
+        return uvicorn.Config(
+            app,
+            host=bind,
+            port=bind_port,
+            log_config=None,
+            access_log=False,  # Warden's middleware writes one JSON access line per request
+            proxy_headers=settings.trust_forwarded_for,
+        )
+
+    runtime = Runtime.build(settings)
+    await runtime.start()
+    servers = [
+        _Server(config(create_app(settings, runtime), host, port)),
+        _Server(config(create_internal_app(settings, runtime), internal_host, internal_port)),
+    ]
+
+    def stop() -> None:
+        for server in servers:
+            server.should_exit = True
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    try:
+        tasks = [asyncio.create_task(server.serve()) for server in servers]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        stop()  # one listener ended (told to, or failed): never leave the other half running
+        await asyncio.gather(*tasks)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await runtime.stop()
 
 
 def _ensure_env_file(path: Path) -> None:
@@ -187,7 +340,7 @@ def dev(
     get_settings.cache_clear()
     run_migrations()
     tenant_create(tenant, owner_email=email, name="Demo", password="", if_missing=True)
-    serve(host=None, port=None)  # type: ignore[arg-type]
+    serve(host=None, port=None, internal_host=None, internal_port=None)  # type: ignore[arg-type]
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from slowapi.middleware import SlowAPIASGIMiddleware
 
 from app import models as _models  # noqa: F401  (every table registered before any query)
 from app.apikeys.router import router as apikeys_router
+from app.audit.router import router as audit_router
 from app.auth.router import router as auth_router
 from app.auth.router import well_known
 from app.authz.router import router as authz_router
@@ -22,7 +23,10 @@ from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.ratelimit import limiter, rate_limit_exceeded_handler
 from app.endpoints.router import router as endpoints_router
+from app.issuers.router import router as issuers_router
+from app.privacy.router import router as privacy_router
 from app.runtime import Runtime
+from app.sessions.router import router as sessions_router
 from app.tenants.router import router as tenant_router
 from app.users.router import router as users_router
 
@@ -32,22 +36,33 @@ API_PREFIX = "/api/v1"
 def api_router() -> APIRouter:
     """Every public `/api/v1` route."""
     api = APIRouter(prefix=API_PREFIX)
+    # Routes match in order: the enforcement hot path first.
+    api.include_router(authz_router)
     api.include_router(auth_router)
     api.include_router(tenant_router)
     api.include_router(users_router)
     api.include_router(endpoints_router)
     api.include_router(apikeys_router)
-    api.include_router(authz_router)
+    api.include_router(issuers_router)
+    api.include_router(audit_router)
+    api.include_router(privacy_router)
+    api.include_router(sessions_router)
     return api
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the public app; the runtime (database, keys, Redis) is made in the lifespan."""
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    """Build the public app; the runtime (database, keys, Redis) is made in the lifespan, unless
+    one is given (`warden serve` shares one with the internal app and owns its lifecycle)."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    shared = runtime
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if shared is not None:
+            app.state.runtime = shared
+            yield
+            return
         runtime = Runtime.build(settings)
         await runtime.start()
         app.state.runtime = runtime

@@ -7,6 +7,7 @@ import contextlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 import structlog
@@ -16,12 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.audit.service import AuditWriter
 from app.auth.keys import SigningKeyring
 from app.auth.revocation import RevocationStore
+from app.authz.bindings import BindingIndex
 from app.authz.cache import ApiKeyCache, EndpointCache
 from app.core.config import Settings
 from app.core.crypto import KeyRing
 from app.core.db import make_engine
 from app.core.invalidation import InvalidationBus
 from app.core.ratelimit import AsyncLimiter
+from app.issuers.satellite import SatelliteVerifier
+from app.sessions.store import SessionStore
 
 log = structlog.get_logger("warden.runtime")
 KEY_RELOAD_SECONDS = 60
@@ -44,6 +48,9 @@ class Runtime:
     http: httpx.AsyncClient
     endpoints: EndpointCache
     apikeys: ApiKeyCache
+    bindings: BindingIndex
+    satellites: SatelliteVerifier
+    sessions: SessionStore
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _used_keys: set[uuid.UUID] = field(default_factory=set)
 
@@ -86,9 +93,15 @@ class Runtime:
                 follow_redirects=False,
                 limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
                 trust_env=False,
+                # One client serves every tenant and user: an upstream's Set-Cookie must never
+                # be replayed on someone else's request, so the jar accepts no cookie at all.
+                cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
             ),
             endpoints=EndpointCache(sessionmaker, master),
             apikeys=ApiKeyCache(sessionmaker),
+            bindings=BindingIndex(sessionmaker),
+            satellites=SatelliteVerifier(sessionmaker, settings),
+            sessions=SessionStore(sessionmaker, redis, settings),
         )
 
     async def start(self) -> None:
@@ -96,7 +109,9 @@ class Runtime:
         await self.keyring.load()
         await self.revocations.load(self.sessionmaker)
         self.bus.register("endpoint", self.endpoints.invalidate)
+        self.bus.register("endpoint", self.bindings.invalidate)
         self.bus.register("apikey", self.apikeys.invalidate)
+        self.bus.register("issuer", self.satellites.invalidate)
         self.bus.start()
         self.audit.start()
         self._tasks.append(asyncio.create_task(self._reload_keys(), name="key-reload"))
@@ -124,6 +139,7 @@ class Runtime:
             log.error("key_usage_flush_failed", error=repr(exc))
         await self.audit.stop()
         await self.http.aclose()
+        await self.satellites.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+from typing import Any
 
 import httpx
 import jwt as pyjwt
@@ -13,6 +15,7 @@ from tests.conftest import PASSWORD
 
 
 def warden(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a subprocess (blocking: async tests call it through `awarden`)."""
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
         env={**os.environ, **(env or {})},
@@ -21,6 +24,12 @@ def warden(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         timeout=120,
         check=False,
     )
+
+
+async def awarden(*args: str, env: dict[str, str] | None = None) -> Any:
+    """The CLI off the event loop, so the in-process app (and its audit writer) keeps running
+    while the child process waits for the SQLite write lock."""
+    return await asyncio.to_thread(warden, *args, env=env)
 
 
 def test_migrate_on_a_fresh_database(tmp_path):
@@ -36,7 +45,7 @@ async def test_tenant_create_prints_credentials_once_and_they_work(client, datab
     import uuid
 
     slug = f"cli-{uuid.uuid4().hex[:8]}"
-    result = warden("tenant", "create", slug, "--owner-email", f"boss@{slug}.example")
+    result = await awarden("tenant", "create", slug, "--owner-email", f"boss@{slug}.example")
     assert result.returncode == 0, result.stderr
     password = result.stdout.split("password:")[1].strip()
     r = await client.post(
@@ -48,12 +57,12 @@ async def test_tenant_create_prints_credentials_once_and_they_work(client, datab
         pyjwt.decode(r.json()["access_token"], options={"verify_signature": False})["role"]
         == "owner"
     )
-    again = warden("tenant", "create", slug, "--owner-email", "x@y.example", "--if-missing")
+    again = await awarden("tenant", "create", slug, "--owner-email", "x@y.example", "--if-missing")
     assert again.returncode == 0
     assert "already exists" in again.stdout
-    duplicate = warden("tenant", "create", slug, "--owner-email", "x@y.example")
+    duplicate = await awarden("tenant", "create", slug, "--owner-email", "x@y.example")
     assert duplicate.returncode == 1
-    weak = warden(
+    weak = await awarden(
         "tenant", "create", f"{slug}-2", "--owner-email", "x@y.example", "--password", "password"
     )
     assert weak.returncode == 1
@@ -62,7 +71,7 @@ async def test_tenant_create_prints_credentials_once_and_they_work(client, datab
 
 async def test_keys_rotate_publishes_new_key_and_keeps_old(client, runtime, tenant):
     old_kid = pyjwt.get_unverified_header(tenant.owner.access_token)["kid"]
-    result = warden("keys", "rotate")
+    result = await awarden("keys", "rotate")
     assert result.returncode == 0, result.stderr
     new_kid = result.stdout.strip().split()[-1]
     # The running process picks the new key up on an unknown kid or its periodic reload.

@@ -44,6 +44,43 @@ async def _api_key(b: TenantHandle) -> dict[str, str]:
     return {"key_id": r.json()["id"]}
 
 
+async def _issuer(b: TenantHandle) -> dict[str, str]:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from app.core import jose
+
+    public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    r = await b.client.post(
+        "/api/v1/issuers",
+        headers=b.owner.headers,
+        json={
+            "issuer": f"https://idp.example/{b.slug}",
+            "jwks": {"keys": [jose.public_jwk(public, kid="b-key", alg="ES256")]},
+            "audiences": ["b-api"],
+            "algorithms": ["ES256"],
+        },
+    )
+    assert r.status_code == 201, r.text
+    return {"issuer_id": r.json()["id"]}
+
+
+async def _gateway_path(b: TenantHandle) -> dict[str, str]:
+    # Envoy's check path carries the original path, never a tenant: B's bound prefix asked
+    # about under another host (here the API's own) selects nothing of B's.
+    ep = await make_endpoint(b, host=f"{b.slug}.example.test", path_prefix="/b-only")
+    return {"path:path": f"{ep['path_prefix'].lstrip('/')}/orders"}
+
+
+async def _browser_session(b: TenantHandle) -> dict[str, str]:
+    r = await b.client.post(
+        "/api/v1/sessions",
+        json={"email": b.owner.email, "password": b.owner.password, "tenant": b.slug},
+    )
+    assert r.status_code == 201, r.text
+    b.client.cookies.clear()  # the attacker's requests must not carry B's cookie
+    return {"session_id": r.json()["session"]["id"]}
+
+
 FACTORIES: dict[str, Factory] = {
     "/api/v1/users/{user_id}": _user,
     "/api/v1/endpoints/{slug}": _endpoint,
@@ -52,6 +89,10 @@ FACTORIES: dict[str, Factory] = {
     "/api/v1/endpoints/{slug}/query": _endpoint,
     "/api/v1/endpoints/{slug}/policies/{policy_id}": _policy,
     "/api/v1/api-keys/{key_id}": _api_key,
+    "/api/v1/issuers/{issuer_id}": _issuer,
+    "/api/v1/endpoints/{slug}/istio": _endpoint,
+    "/api/v1/authz/forward/{path:path}": _gateway_path,
+    "/api/v1/sessions/{session_id}": _browser_session,
 }
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PATCH", "/api/v1/users/{user_id}"): {"role": "viewer"},
@@ -94,7 +135,9 @@ async def b_state(b: TenantHandle) -> Any:
         pols = (await b.client.get(f"/api/v1/endpoints/{ep['slug']}/policies", headers=h)).json()
         details.append((one, pols["items"]))
     keys = (await b.client.get("/api/v1/api-keys", headers=h)).json()
-    return users, details, keys
+    issuers = (await b.client.get("/api/v1/issuers", headers=h)).json()
+    sessions = (await b.client.get("/api/v1/sessions", headers=h)).json()
+    return users, details, keys, issuers, sessions
 
 
 async def test_every_templated_route_is_covered(app):

@@ -15,14 +15,16 @@ from app.auth.principal import Principal, Role
 from app.auth.tokens import VerifiedTokenCache, verify_local_token
 from app.core import jose
 from app.core.db import run_post_commit, set_session_tenant
-from app.core.errors import AppError, Forbidden, Unauthenticated
+from app.core.errors import AppError, Forbidden, ServiceUnavailable, Unauthenticated
+from app.issuers.satellite import AmbiguousTenant, IssuerUnavailable
 from app.runtime import Runtime
+from app.sessions.service import SESSION_COOKIE, authenticate_cookie
 
 log = structlog.get_logger("warden.auth")
 _verified = VerifiedTokenCache()
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     """The process runtime built in the lifespan."""
     runtime: Runtime = request.app.state.runtime
     return runtime
@@ -63,13 +65,19 @@ def bearer_token(request: Request) -> str | None:
     return value.strip()
 
 
-async def authenticate_token(runtime: Runtime, token: str) -> Principal:
-    """Turn a bearer credential into a principal; every failure is one 401."""
+async def authenticate_token(
+    runtime: Runtime, token: str, tenant_hint: str | None = None
+) -> Principal:
+    """Turn a bearer JWT into a principal: Warden's own, or a trusted issuer's (satellite).
+
+    `tenant_hint` (`X-Tenant`) picks the tenant when several trust a satellite token's issuer.
+    Every failure is one 401; an issuer whose keys cannot be had is a 503 (fail closed)."""
     try:
         parsed = jose.parse(token)
-        if parsed.claims.get("iss") != runtime.settings.issuer:
-            raise jose.TokenError("untrusted issuer")
-        principal = await verify_local_token(runtime, parsed, _verified)
+        if parsed.claims.get("iss") == runtime.settings.issuer:
+            principal = await verify_local_token(runtime, parsed, _verified)
+        else:
+            principal = await runtime.satellites.authenticate(parsed, tenant_hint)
     except jose.TokenError as exc:
         runtime.audit.submit(
             tenant_id=None,
@@ -78,12 +86,24 @@ async def authenticate_token(runtime: Runtime, token: str) -> Principal:
             outcome="failure",
             details={"reason": exc.reason},
         )
+        if isinstance(exc, IssuerUnavailable):
+            raise ServiceUnavailable(
+                "The token's issuer cannot be reached; try again later.",
+                code="issuer_unavailable",
+                headers={"Retry-After": "10"},
+            ) from exc
+        if isinstance(exc, AmbiguousTenant):
+            raise Unauthenticated(
+                "Several tenants trust this token's issuer: name one with X-Tenant.",
+                code="ambiguous_tenant",
+            ) from exc
         raise Unauthenticated("Invalid or expired token.", code="invalid_token") from exc
     if await runtime.revocations.is_revoked(
         jti=principal.jti,
         user_id=principal.id if principal.kind == "user" else None,
         tenant_id=str(principal.tenant_id),
-        version=int(principal.claims.get("ver", 0)),
+        # Only Warden's own tokens carry a token version; a satellite's `ver` means nothing here.
+        version=int(principal.claims.get("ver", 0)) if principal.kind == "user" else 0,
     ):
         raise Unauthenticated("Token has been revoked.", code="token_revoked")
     return principal
@@ -130,7 +150,8 @@ async def authenticate_api_key(runtime: Runtime, key: str) -> Principal:
 
 
 async def authenticate_request(request: Request, runtime: Runtime) -> Principal:
-    """Whatever credential the request carries: bearer JWT, `wk_` API key or `X-API-Key`."""
+    """Whatever credential the request carries: bearer JWT, `wk_` API key, `X-API-Key`, or
+    (only when there is none of those) a browser `session_id` cookie, CSRF-checked."""
     token = bearer_token(request)
     api_key = request.headers.get("x-api-key")
     if token is not None and api_key is not None:
@@ -138,10 +159,13 @@ async def authenticate_request(request: Request, runtime: Runtime) -> Principal:
     if api_key is not None:
         return await authenticate_api_key(runtime, api_key.strip())
     if token is None:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie is not None:
+            return await authenticate_cookie(runtime, cookie, request.method, request.headers)
         raise Unauthenticated()
     if token.startswith(KEY_PREFIX):
         return await authenticate_api_key(runtime, token)
-    return await authenticate_token(runtime, token)
+    return await authenticate_token(runtime, token, request.headers.get("x-tenant"))
 
 
 async def current_principal(request: Request, runtime: RuntimeDep) -> Principal:
@@ -169,13 +193,26 @@ TenantSession = Annotated[AsyncSession, Depends(tenant_session)]
 def require_role(role: Role) -> Callable[..., Coroutine[Any, Any, Principal]]:
     """A dependency that admits callers holding `role` or a higher one."""
 
-    async def check(principal: CurrentPrincipal) -> Principal:
+    async def check(
+        principal: CurrentPrincipal, runtime: RuntimeDep, request: Request
+    ) -> Principal:
+        refusal = None
         if principal.kind == "api_key":
-            raise Forbidden(
+            refusal = Forbidden(
                 "API keys may only call the routes their scopes name.", code="insufficient_scope"
             )
-        if not principal.role.at_least(role):
-            raise Forbidden(f"This requires the {role.value} role.", code="insufficient_role")
+        elif not principal.role.at_least(role):
+            refusal = Forbidden(f"This requires the {role.value} role.", code="insufficient_role")
+        if refusal is not None:
+            # Authorisation failures are security events (PRODUCT.md, Audit).
+            runtime.audit.submit(
+                tenant_id=principal.tenant_id,
+                action="auth.forbidden",
+                actor=principal.actor,
+                outcome="denied",
+                details={"code": refusal.code, "required": role.value, "path": request.url.path},
+            )
+            raise refusal
         return principal
 
     return check

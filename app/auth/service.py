@@ -98,8 +98,13 @@ async def issue_tokens(
     return TokenResponse(access_token=access, expires_in=expires_in, refresh_token=refresh)
 
 
-async def login(session: AsyncSession, runtime: Runtime, data: LoginRequest) -> TokenResponse:
-    """Email + password in a tenant; unknown accounts cost the same as wrong passwords."""
+async def verify_login(
+    session: AsyncSession, runtime: Runtime, data: LoginRequest
+) -> tuple[Tenant, User, bool]:
+    """Check email + password in a tenant (per-account limit, failures audited as `auth.login`).
+
+    Unknown accounts cost the same as wrong passwords. Returns the tenant, the user and whether
+    the password hash was upgraded; the session is left scoped to the tenant."""
     email = data.email.strip().lower()
     account_limit = parse_limit(runtime.settings.login_rate_limit)
     state = await runtime.limiter.hit(account_limit, "login-account", data.tenant, email)
@@ -140,6 +145,12 @@ async def login(session: AsyncSession, runtime: Runtime, data: LoginRequest) -> 
         raise Unauthenticated(LOGIN_FAILED, code="invalid_credentials")
     if new_hash:
         user.password_hash = new_hash
+    return tenant, user, bool(new_hash)
+
+
+async def login(session: AsyncSession, runtime: Runtime, data: LoginRequest) -> TokenResponse:
+    """Email + password in a tenant → an access token and a refresh token."""
+    tenant, user, rehashed = await verify_login(session, runtime, data)
     tokens = await issue_tokens(session, runtime, tenant, user)
     await record(
         session,
@@ -148,7 +159,7 @@ async def login(session: AsyncSession, runtime: Runtime, data: LoginRequest) -> 
         actor=Actor("user", str(user.id), user.email),
         target_type="user",
         target_id=str(user.id),
-        details={"rehashed": bool(new_hash)},
+        details={"rehashed": rehashed},
     )
     return tokens
 

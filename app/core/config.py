@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -13,6 +14,40 @@ def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
+
+
+IDENTITY_SOURCES = frozenset({"id", "email", "tenant", "tenant_id", "role", "kind"})
+DEFAULT_IDENTITY_HEADERS = {"X-User-ID": "id", "X-User-Email": "email", "X-Tenant": "tenant"}
+_HEADER_NAME = re.compile(r"\A[A-Za-z][A-Za-z0-9-]{0,63}\Z")
+_CLAIM_SOURCE = re.compile(r"\Aclaim:[A-Za-z0-9_.:-]{1,64}\Z")
+# Headers a gateway must never take from an auth answer and hand to an upstream.
+_RESERVED_HEADERS = frozenset(
+    "authorization cookie set-cookie host content-length content-type connection keep-alive "
+    "transfer-encoding upgrade te trailer proxy-authorization www-authenticate retry-after "
+    "x-forwarded-for x-forwarded-host x-forwarded-uri x-forwarded-method x-request-id".split()
+)
+
+
+def parse_identity_headers(value: str) -> dict[str, str]:
+    """`X-User-ID=id,X-User-Email=email` → {header: source}; sources are the principal's `id`,
+    `email`, `tenant` (slug), `tenant_id`, `role`, `kind`, or `claim:<name>` (a token claim)."""
+    mapping: dict[str, str] = {}
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        header, sep, source = (side.strip() for side in item.partition("="))
+        if not sep or not _HEADER_NAME.match(header):
+            raise ValueError(f"identity header {header!r}: expected Header-Name=source")
+        if header.lower() in _RESERVED_HEADERS:
+            raise ValueError(f"identity header {header!r} is reserved")
+        if header.lower() in {name.lower() for name in mapping}:
+            raise ValueError(f"identity header {header!r} is listed twice")
+        if source not in IDENTITY_SOURCES and not _CLAIM_SOURCE.match(source):
+            raise ValueError(f"identity header {header!r}: unknown source {source!r}")
+        mapping[header] = source
+    if len(mapping) > 20:
+        raise ValueError("at most 20 identity headers")
+    return mapping
 
 
 class Settings(BaseSettings):
@@ -40,20 +75,49 @@ class Settings(BaseSettings):
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
     trust_forwarded_for: bool = False
     hsts: bool = False
+    # Gateways (`/authz/forward`): the cookie that may carry the token, and the identity headers
+    # every 200 answer sets (`Header=source,…`; see `parse_identity_headers`).
+    forward_auth_cookie: str = Field(default="warden_token", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    forward_identity_headers: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=lambda: dict(DEFAULT_IDENTITY_HEADERS)
+    )
     # argon2id cost; production defaults follow OWASP guidance, tests lower them for speed.
     argon2_time_cost: int = Field(default=3, ge=1)
     argon2_memory_cost: int = Field(default=65_536, ge=8)
     argon2_parallelism: int = Field(default=4, ge=1)
     upstream_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Trusted issuers' JWKS: total fetch deadline, floor between unknown-kid refetches (and
+    # between retries of a failing IdP), and how long expired keys serve while the IdP is down.
+    jwks_timeout_seconds: float = Field(default=3.0, gt=0, le=30)
+    jwks_refetch_floor_seconds: float = Field(default=10.0, ge=1, le=3600)
+    jwks_stale_seconds: int = Field(default=86_400, ge=0, le=7 * 86_400)
     audit_flush_interval_ms: int = Field(default=200, ge=10, le=5_000)
     host: str = "127.0.0.1"
     port: int = 8000
+    # Browser sessions (BFF): tenants may override both timeouts in their settings.
+    session_idle_timeout_seconds: int = Field(default=1800, ge=60)
+    session_absolute_timeout_seconds: int = Field(default=43_200, ge=300)
+    # The internal (east-west) app: session exchange for service principals only.
+    internal_host: str = "127.0.0.1"
     internal_port: int = 8001
+    internal_client_cert_fingerprints: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    internal_client_cert_header: str = "x-forwarded-client-cert"
 
-    @field_validator("warden_master_key", "upstream_allowed_hosts", "cors_origins", mode="before")
+    @field_validator(
+        "warden_master_key",
+        "upstream_allowed_hosts",
+        "cors_origins",
+        "internal_client_cert_fingerprints",
+        mode="before",
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("forward_identity_headers", mode="before")
+    @classmethod
+    def _identity_headers(cls, value: object) -> object:
+        return parse_identity_headers(value) if isinstance(value, str) else value
 
     @property
     def issuer(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import math
 import re
@@ -19,6 +20,9 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jws
 from jose.exceptions import JOSEError
@@ -317,3 +321,53 @@ def key_from_jwk(jwk: Mapping[str, Any], alg: str | None = None) -> Verification
     key = VerificationKey(kid=kid, alg=key_alg, key=public)
     check_key_matches_alg(key)
     return key
+
+
+MAX_PEM_CHARS = 16_384
+_ALG_BY_CURVE = {_CURVES[crv].name: alg for alg, crv in _EC_CURVES.items()}
+
+
+def key_from_pem(pem: str) -> Any:
+    """One public RSA/EC key from a PEM public key or certificate; private keys are refused."""
+    if not isinstance(pem, str) or not pem.strip():
+        raise TokenError("PEM is empty")
+    if len(pem) > MAX_PEM_CHARS:
+        raise TokenError("PEM is too large")
+    if "PRIVATE KEY" in pem:
+        raise TokenError("PEM holds a private key")
+    if pem.count("-----BEGIN ") != 1:
+        raise TokenError("PEM must hold exactly one key")
+    try:
+        data = pem.strip().encode("ascii")
+        if "-----BEGIN CERTIFICATE-----" in pem:
+            public: Any = x509.load_pem_x509_certificate(data).public_key()
+        else:
+            public = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # UnicodeError is a ValueError
+        raise TokenError("PEM is not a public key") from exc
+    if isinstance(public, rsa.RSAPublicKey):
+        return public
+    if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name in _ALG_BY_CURVE:
+        return public
+    raise TokenError("PEM key is neither RSA nor EC on P-256/P-384/P-521")
+
+
+def algorithms_for_key(public_key: Any) -> frozenset[str]:
+    """The algorithms a public key may verify: RS* for RSA, the one ES* of an EC curve."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return RSA_ALGORITHMS
+    if isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.name in _ALG_BY_CURVE:
+        return frozenset({_ALG_BY_CURVE[public_key.curve.name]})
+    return frozenset()
+
+
+def jwk_thumbprint(public_key: Any) -> str:
+    """The RFC 7638 SHA-256 thumbprint of a public RSA/EC key (a stable `kid` for PEM keys)."""
+    algorithms = algorithms_for_key(public_key)
+    if not algorithms:
+        raise TokenError("unsupported key type")
+    jwk = public_jwk(public_key, kid="", alg=min(algorithms))
+    required = ("crv", "kty", "x", "y") if jwk["kty"] == "EC" else ("e", "kty", "n")
+    canonical = json.dumps({k: jwk[k] for k in required}, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")

@@ -51,6 +51,26 @@ async def _checked_upstream(runtime: Runtime, url: str | None) -> str | None:
         raise Unprocessable(f"upstream_url: {exc}", code="upstream_refused") from exc
 
 
+async def _ensure_host_free(session: AsyncSession, tenant_id: uuid.UUID, host: str | None) -> None:
+    """A gateway host belongs to one tenant: refuse binding a host another tenant binds."""
+    if host is None:
+        return
+    bare = host.split(":", 1)[0]
+    host_col = Endpoint.__table__.c.host  # type: ignore[attr-defined]
+    stmt = (
+        select(Endpoint.__table__.c.id)  # type: ignore[attr-defined]
+        .where(
+            Endpoint.__table__.c.tenant_id != tenant_id,  # type: ignore[attr-defined]
+            (host_col == host) | (host_col == bare) | host_col.like(f"{bare}:%"),
+        )
+        .limit(1)
+        # Cross-tenant on purpose: host ownership is global; only existence is revealed.
+        .execution_options(skip_tenant_filter=True)
+    )
+    if (await session.execute(stmt)).first() is not None:
+        raise Conflict("This host is bound by another tenant.", code="host_taken")
+
+
 async def list_endpoints(
     session: AsyncSession, params: PageParams
 ) -> tuple[list[Endpoint], str | None]:
@@ -66,6 +86,7 @@ async def create_endpoint(
         raise Conflict("An endpoint with this slug exists.", code="endpoint_exists")
     values = data.model_dump()
     values["upstream_url"] = await _checked_upstream(runtime, data.upstream_url)
+    await _ensure_host_free(session, principal.tenant_id, data.host)
     endpoint = Endpoint(tenant_id=principal.tenant_id, **values)
     session.add(endpoint)
     try:
@@ -102,6 +123,8 @@ async def update_endpoint(
             raise Unprocessable(f"{flag}: cannot be null", code="validation_error")
     if "upstream_url" in changes:
         changes["upstream_url"] = await _checked_upstream(runtime, changes["upstream_url"])
+    if changes.get("host"):
+        await _ensure_host_free(session, principal.tenant_id, changes["host"])
     changed = [k for k, v in changes.items() if getattr(endpoint, k) != v]
     for key in changed:
         setattr(endpoint, key, changes[key])

@@ -115,7 +115,8 @@ async def _ensure_other_owner(session: AsyncSession, target: User) -> None:
 
 
 async def revoke_user_credentials(session: AsyncSession, runtime: Runtime, user: User) -> None:
-    """Kill the user's refresh tokens and every access token of an older version."""
+    """Kill the user's refresh tokens, browser sessions and every access token of an older
+    version."""
     user.token_version += 1
     await session.execute(
         update(RefreshToken)
@@ -128,6 +129,7 @@ async def revoke_user_credentials(session: AsyncSession, runtime: Runtime, user:
     await runtime.revocations.revoke(
         session, f"user:{user.id}", ttl=ttl, min_version=user.token_version
     )
+    await runtime.sessions.revoke_user(session, user.id)
 
 
 async def update_user(

@@ -349,3 +349,26 @@ def test_rotate_encryption_cli(database, tmp_path):
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+class TestHostOwnership:
+    async def test_a_host_bound_by_another_tenant_is_refused(self, client, tenant, other_tenant):
+        host = f"api-{uuid.uuid4().hex[:6]}.example"
+        await make_endpoint(tenant, host=host)
+        for candidate in (host, f"{host}:8443", host.upper()):
+            r = await client.post(
+                "/api/v1/endpoints",
+                headers=other_tenant.owner.headers,
+                json={"name": "Squat", "slug": f"sq-{uuid.uuid4().hex[:6]}", "host": candidate},
+            )
+            assert r.status_code == 409, candidate
+            assert r.json()["error"]["code"] == "host_taken"
+        mine = await make_endpoint(other_tenant)
+        r = await client.patch(
+            f"/api/v1/endpoints/{mine['slug']}",
+            headers=other_tenant.owner.headers,
+            json={"host": host},
+        )
+        assert r.status_code == 409
+        # The owner may bind the same host again (another prefix).
+        await make_endpoint(tenant, host=host, path_prefix="/v2")

@@ -1,0 +1,149 @@
+"""Trusted issuers: validated on write, audited in the transaction, invalidated everywhere after
+commit (the satellite index, cached JWKS and cached verified tokens of that `iss`)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.audit.service import record
+from app.auth.principal import Principal
+from app.core.db import after_commit
+from app.core.errors import Conflict, Unprocessable
+from app.core.outbound import OutboundRefused, check_outbound_url
+from app.core.pagination import PageParams
+from app.issuers import repository
+from app.issuers.jwks import InvalidKeySet, KeySet, keys_from_pems, parse_jwks
+from app.issuers.models import TrustedIssuer
+from app.issuers.schemas import IssuerCreate, IssuerPublic
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
+
+ISSUER_TOPIC = "issuer"
+MAX_ISSUERS_PER_TENANT = 100
+
+
+def inline_key_set(row: TrustedIssuer) -> KeySet | None:
+    """The parsed inline keys of an issuer (None when it uses a `jwks_uri`)."""
+    if row.jwks is not None:
+        return parse_jwks(row.jwks, strict=True, algorithms=row.algorithms)
+    if row.public_keys_pem is not None:
+        return keys_from_pems(row.public_keys_pem, row.algorithms)
+    return None
+
+
+def public_view(row: TrustedIssuer) -> IssuerPublic:
+    """The API view of an issuer, with the ids of its inline keys."""
+    view = IssuerPublic.model_validate(row)
+    try:
+        keys = inline_key_set(row)
+    except InvalidKeySet:  # validated on write; never let a display problem become a 500
+        keys = None
+    view.key_ids = keys.kids if keys is not None else None
+    return view
+
+
+def invalidate_after_commit(session: AsyncSession, runtime: Runtime, issuer: str) -> None:
+    """Drop what every process caches for this `iss` once the change is committed."""
+
+    async def publish() -> None:
+        await runtime.bus.publish(ISSUER_TOPIC, issuer)
+
+    after_commit(session, publish)
+
+
+async def _checked_source(runtime: Runtime, data: IssuerCreate) -> None:
+    if data.issuer == runtime.settings.issuer:
+        raise Unprocessable("issuer: this is Warden's own issuer", code="issuer_refused")
+    if data.jwks_uri is not None:
+        try:
+            await check_outbound_url(data.jwks_uri, runtime.settings.upstream_allowed_hosts)
+        except OutboundRefused as exc:
+            raise Unprocessable(f"jwks_uri: {exc}", code="jwks_uri_refused") from exc
+        return
+    try:
+        if data.jwks is not None:
+            parse_jwks(data.jwks, strict=True, algorithms=data.algorithms)
+        elif data.public_keys_pem is not None:
+            keys_from_pems(data.public_keys_pem, data.algorithms)
+    except InvalidKeySet as exc:
+        raise Unprocessable(str(exc), code="invalid_key") from exc
+
+
+async def list_issuers(
+    session: AsyncSession, params: PageParams
+) -> tuple[list[TrustedIssuer], str | None]:
+    """A page of the tenant's trusted issuers."""
+    return await repository.page(session, params)
+
+
+async def create_issuer(
+    session: AsyncSession, runtime: Runtime, principal: Principal, data: IssuerCreate
+) -> TrustedIssuer:
+    """`POST /issuers`: keys parsed now, so a bad key is a 422 today, not a 401 later."""
+    await _checked_source(runtime, data)
+    if await repository.find_by_issuer(session, data.issuer) is not None:
+        raise Conflict("This issuer is already trusted.", code="issuer_exists")
+    if await repository.count(session) >= MAX_ISSUERS_PER_TENANT:
+        raise Conflict("Too many trusted issuers.", code="too_many")
+    row = TrustedIssuer(
+        tenant_id=principal.tenant_id,
+        issuer=data.issuer,
+        jwks_uri=data.jwks_uri,
+        jwks=data.jwks,
+        public_keys_pem=data.public_keys_pem,
+        audiences=list(data.audiences),
+        algorithms=list(data.algorithms),
+        claim_mapping=data.claim_mapping.model_dump(),
+    )
+    session.add(row)
+    try:
+        await session.flush()
+    except IntegrityError as exc:  # a concurrent create of the same issuer
+        raise Conflict("This issuer is already trusted.", code="issuer_exists") from exc
+    source = "jwks_uri" if data.jwks_uri else ("jwks" if data.jwks else "public_keys_pem")
+    await record(
+        session,
+        tenant_id=principal.tenant_id,
+        action="issuer.created",
+        actor=principal.actor,
+        target_type="issuer",
+        target_id=str(row.id),
+        details={
+            "issuer": row.issuer,
+            "key_source": source,
+            "audiences": row.audiences,
+            "algorithms": row.algorithms,
+        },
+    )
+    invalidate_after_commit(session, runtime, row.issuer)
+    return row
+
+
+async def get_issuer(session: AsyncSession, issuer_id: uuid.UUID) -> TrustedIssuer:
+    """`GET /issuers/{id}`."""
+    return await repository.get(session, issuer_id)
+
+
+async def delete_issuer(
+    session: AsyncSession, runtime: Runtime, principal: Principal, issuer_id: uuid.UUID
+) -> None:
+    """`DELETE /issuers/{id}`: its tokens are refused in every process from the commit on."""
+    row = await repository.get(session, issuer_id)
+    issuer = row.issuer
+    await session.delete(row)
+    await session.flush()
+    await record(
+        session,
+        tenant_id=principal.tenant_id,
+        action="issuer.deleted",
+        actor=principal.actor,
+        target_type="issuer",
+        target_id=str(issuer_id),
+        details={"issuer": issuer},
+    )
+    invalidate_after_commit(session, runtime, issuer)

@@ -1,0 +1,1 @@
+"""Privacy: a user's own data export and erasure (`/me`)."""

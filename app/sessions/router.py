@@ -1,0 +1,152 @@
+"""`/sessions` (browser login, list, logout) and the internal `/internal/v1/sessions/exchange`."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response, status
+
+from app.apikeys.service import KEY_PREFIX
+from app.auth.deps import (
+    DbSession,
+    RuntimeDep,
+    TenantSession,
+    ViewerPrincipal,
+    authenticate_api_key,
+    bearer_token,
+)
+from app.auth.principal import Principal
+from app.core.config import Settings
+from app.core.errors import Unauthenticated
+from app.core.pagination import Page, PageParams, page_params
+from app.core.ratelimit import limiter, login_limit
+from app.sessions import service
+from app.sessions.schemas import (
+    ExchangeRequest,
+    ExchangeResponse,
+    SessionCreate,
+    SessionCreated,
+    SessionInfo,
+    SessionPublic,
+)
+
+router = APIRouter(prefix="/sessions", tags=["browser sessions"])
+internal_router = APIRouter(prefix="/internal/v1/sessions", tags=["session exchange"])
+
+
+def _set_cookies(response: Response, settings: Settings, new: service.NewSession) -> None:
+    secure = settings.session_cookie_secure
+    response.set_cookie(
+        service.SESSION_COOKIE,
+        new.cookie,
+        max_age=new.max_age,
+        path="/",
+        secure=secure,
+        httponly=True,
+        samesite="lax",
+    )
+    # Readable by the page's script, which echoes it in X-CSRF-Token.
+    response.set_cookie(
+        service.CSRF_COOKIE,
+        new.csrf_token,
+        max_age=new.max_age,
+        path="/",
+        secure=secure,
+        httponly=False,
+        samesite="lax",
+    )
+
+
+def _clear_cookies(response: Response, settings: Settings) -> None:
+    secure = settings.session_cookie_secure
+    response.delete_cookie(
+        service.SESSION_COOKIE, path="/", secure=secure, httponly=True, samesite="lax"
+    )
+    response.delete_cookie(
+        service.CSRF_COOKIE, path="/", secure=secure, httponly=False, samesite="lax"
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionCreated)
+@limiter.limit(login_limit)
+async def create_session(
+    request: Request,
+    response: Response,
+    body: SessionCreate,
+    session: DbSession,
+    runtime: RuntimeDep,
+) -> SessionCreated:
+    """Log a browser in: an HttpOnly session cookie and a CSRF token; never a JWT."""
+    new = await service.create_session(session, runtime, body, request.headers.get("origin"))
+    _set_cookies(response, runtime.settings, new)
+    return SessionCreated(session=SessionInfo.model_validate(new.row), csrf_token=new.csrf_token)
+
+
+@router.get("", response_model=Page[SessionPublic])
+async def list_sessions(
+    principal: ViewerPrincipal,
+    session: TenantSession,
+    runtime: RuntimeDep,
+    params: PageParams = Depends(page_params),
+) -> Page[SessionPublic]:
+    """The caller's live browser sessions (`current` marks the one making this request)."""
+    items, cursor = await service.list_sessions(session, runtime, principal, params)
+    return Page(items=items, next_cursor=cursor)
+
+
+@router.delete("/current", status_code=status.HTTP_204_NO_CONTENT)
+async def logout(
+    principal: ViewerPrincipal, session: TenantSession, runtime: RuntimeDep
+) -> Response:
+    """Log out: revoke this session and clear both cookies."""
+    await service.revoke_current(session, runtime, principal)
+    response = Response(status_code=status.HTTP_204_NO_CONTENT)
+    _clear_cookies(response, runtime.settings)
+    return response
+
+
+@router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def revoke_session(
+    session_id: uuid.UUID, principal: ViewerPrincipal, session: TenantSession, runtime: RuntimeDep
+) -> Response:
+    """Revoke one of the caller's sessions (another user's is a 404)."""
+    await service.revoke_session(session, runtime, principal, session_id)
+    response = Response(status_code=status.HTTP_204_NO_CONTENT)
+    if str(session_id) == principal.session_id:
+        _clear_cookies(response, runtime.settings)
+    return response
+
+
+async def service_principal(request: Request, runtime: RuntimeDep) -> Principal:
+    """An API key holding `sessions:exchange` (and, when configured, a vouched client cert).
+
+    Browser credentials (cookies, user JWTs) are never looked at here."""
+    service.check_client_certificate(runtime, request.headers)
+    api_key = request.headers.get("x-api-key")
+    try:
+        token = bearer_token(request)
+    except Unauthenticated:
+        token = None
+    key = (api_key if api_key is not None else token or "").strip()
+    if not key.startswith(KEY_PREFIX) or (api_key is not None and token is not None):
+        service.service_key_refused(runtime, "no_service_key")
+        raise Unauthenticated("A service API key is required.", code="service_key_required")
+    try:
+        caller = await authenticate_api_key(runtime, key)
+    except Unauthenticated:
+        service.service_key_refused(runtime, "invalid_api_key")
+        raise
+    service.require_exchange_scope(runtime, caller)
+    return caller
+
+
+ServicePrincipal = Annotated[Principal, Depends(service_principal)]
+
+
+@internal_router.post("/exchange", response_model=ExchangeResponse)
+async def exchange(
+    body: ExchangeRequest, caller: ServicePrincipal, session: DbSession, runtime: RuntimeDep
+) -> ExchangeResponse:
+    """East-west only: a live session (the cookie's value) → an access token and its claims."""
+    return await service.exchange(session, runtime, caller, body.session_id)
