@@ -8,9 +8,6 @@ shape and request-id middleware as the public app; `/health` and `/ready` for me
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 from fastapi import FastAPI
 
 from app import models as _models  # noqa: F401  (every table registered before any query)
@@ -19,7 +16,7 @@ from app.core.errors import install_error_handlers
 from app.core.health import router as health_router
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
-from app.runtime import Runtime
+from app.runtime import Runtime, runtime_lifespan
 from app.sessions.router import internal_router
 
 
@@ -30,27 +27,11 @@ def create_internal_app(
     (`warden serve` runs both apps in one process on one shared runtime)."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
-    shared = runtime
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if shared is not None:
-            app.state.runtime = shared
-            yield
-            return
-        own = Runtime.build(settings)
-        await own.start()
-        app.state.runtime = own
-        try:
-            yield
-        finally:
-            await own.stop()
-
     app = FastAPI(
         title="Warden internal",
         version="0.1.0",
         description="East-west only: session exchange for service principals.",
-        lifespan=lifespan,
+        lifespan=runtime_lifespan(settings, runtime),
         # Nothing here is for browsers or the public: no interactive docs on this listener.
         docs_url=None,
         redoc_url=None,

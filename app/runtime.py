@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import Any
 
 import httpx
 import structlog
@@ -143,3 +145,26 @@ class Runtime:
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
+
+
+def runtime_lifespan(
+    settings: Settings, shared: Runtime | None = None
+) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
+    """An app lifespan that puts a runtime on `app.state`: its own (built, started, stopped
+    here), or a shared one whose owner (`warden serve`) manages its lifecycle."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        if shared is not None:
+            app.state.runtime = shared
+            yield
+            return
+        runtime = Runtime.build(settings)
+        await runtime.start()
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    return lifespan

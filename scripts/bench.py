@@ -63,12 +63,13 @@ class Target:
 
 # Every measured route, in order; `hello` is the baseline the ratios refer to. One line per route.
 # fmt: off
+GATEWAY_HOST = "gateway.bench.example"  # bound to the decision endpoint (fresh database per run)
 TARGETS: tuple[Target, ...] = (
     Target("hello", "hello", "GET", "/hello"),
     Target("authz_check", "warden", "POST", "/api/v1/authz/check", {"endpoint": "{decision_slug}"}, bearer=True),  # noqa: E501
     Target("query_decision", "warden", "POST", "/api/v1/endpoints/{decision_slug}/query", bearer=True),  # noqa: E501
     Target("query_forward", "warden", "POST", "/api/v1/endpoints/{forward_slug}/query", {"item": "bench", "qty": 3, "tags": ["a", "b"]}, bearer=True),  # noqa: E501
-    # Target("gateway_forward", "warden", "GET", "/api/v1/authz/forward", headers={"X-Forwarded-Uri": "/x"}, bearer=True),  # noqa: E501
+    Target("gateway_forward", "warden", "GET", "/api/v1/authz/forward", headers={"X-Forwarded-Host": GATEWAY_HOST, "X-Forwarded-Uri": "/x"}, bearer=True),  # noqa: E501
 )
 # fmt: on
 
@@ -386,6 +387,8 @@ def seed_warden(client: httpx.Client, upstream_url: str) -> Seed:
         body: dict[str, Any] = {"name": slug.title(), "slug": slug}
         if upstream is not None:
             body["upstream_url"] = upstream
+        else:
+            body["host"] = GATEWAY_HOST  # gateway_forward asks about this binding
         expect(client.post("/api/v1/endpoints", json=body, headers=auth), 201)
         for policy_type, configuration in policies:
             policy = {"policy_type": policy_type, "configuration": configuration}

@@ -73,11 +73,16 @@ async def authenticate_token(
     `tenant_hint` (`X-Tenant`) picks the tenant when several trust a satellite token's issuer.
     Every failure is one 401; an issuer whose keys cannot be had is a 503 (fail closed)."""
     try:
-        parsed = jose.parse(token)
-        if parsed.claims.get("iss") == runtime.settings.issuer:
-            principal = await verify_local_token(runtime, parsed, _verified)
+        # Warm path: a local token verified before is neither parsed nor verified again.
+        cached = _verified.get(token)
+        if cached is not None:
+            principal = cached
         else:
-            principal = await runtime.satellites.authenticate(parsed, tenant_hint)
+            parsed = jose.parse(token)
+            if parsed.claims.get("iss") == runtime.settings.issuer:
+                principal = await verify_local_token(runtime, parsed, _verified)
+            else:
+                principal = await runtime.satellites.authenticate(parsed, tenant_hint)
     except jose.TokenError as exc:
         runtime.audit.submit(
             tenant_id=None,

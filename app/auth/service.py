@@ -17,7 +17,7 @@ from app.auth.models import RefreshToken
 from app.auth.principal import Principal
 from app.auth.revocation import jti_subject
 from app.auth.schemas import LoginRequest, RegisterRequest, TokenResponse
-from app.auth.tokens import issue_access_token
+from app.auth.tokens import issue_user_access_token
 from app.core.db import SKIP_TENANT_FILTER, set_session_tenant
 from app.core.errors import Forbidden, RateLimited, Unauthenticated
 from app.core.passwords import verify_password
@@ -55,14 +55,9 @@ async def register(
     )
 
 
-def _ttls(runtime: Runtime, tenant: Tenant) -> tuple[int, int]:
-    access = tenant.settings.get("access_token_ttl_seconds") or (
-        runtime.settings.access_token_ttl_seconds
-    )
-    refresh = tenant.settings.get("refresh_token_ttl_seconds") or (
-        runtime.settings.refresh_token_ttl_seconds
-    )
-    return int(access), int(refresh)
+def _refresh_ttl(runtime: Runtime, tenant: Tenant) -> int:
+    override = tenant.settings.get("refresh_token_ttl_seconds")
+    return int(override or runtime.settings.refresh_token_ttl_seconds)
 
 
 async def issue_tokens(
@@ -73,17 +68,7 @@ async def issue_tokens(
     family_id: uuid.UUID | None = None,
 ) -> TokenResponse:
     """A new access token and a refresh token (new family unless one is given)."""
-    access_ttl, refresh_ttl = _ttls(runtime, tenant)
-    access, expires_in, _claims = issue_access_token(
-        runtime,
-        user_id=user.id,
-        email=user.email,
-        tenant_id=tenant.id,
-        tenant_slug=tenant.slug,
-        role=user.role,
-        version=user.token_version,
-        ttl=access_ttl,
-    )
+    access, expires_in, _claims = issue_user_access_token(runtime, tenant, user)
     refresh = REFRESH_PREFIX + secrets.token_urlsafe(32)
     session.add(
         RefreshToken(
@@ -91,7 +76,7 @@ async def issue_tokens(
             user_id=user.id,
             family_id=family_id or uuid.uuid4(),
             token_hash=hash_refresh_token(refresh),
-            expires_at=utcnow() + timedelta(seconds=refresh_ttl),
+            expires_at=utcnow() + timedelta(seconds=_refresh_ttl(runtime, tenant)),
         )
     )
     await session.flush()

@@ -10,6 +10,8 @@ from typing import Any
 from app.auth.principal import Principal, Role
 from app.core import jose
 from app.runtime import Runtime
+from app.tenants.models import Tenant
+from app.users.models import User
 
 _CACHE_MAX = 10_000
 
@@ -47,6 +49,34 @@ def issue_access_token(
     if extra:
         claims.update(extra)
     return runtime.keyring.sign(claims), lifetime, claims
+
+
+def access_ttl_for(runtime: Runtime, tenant: Tenant) -> int:
+    """The access-token lifetime of a tenant (its override, else the server's setting)."""
+    override = tenant.settings.get("access_token_ttl_seconds")
+    return int(override or runtime.settings.access_token_ttl_seconds)
+
+
+def issue_user_access_token(
+    runtime: Runtime,
+    tenant: Tenant,
+    user: User,
+    *,
+    ttl: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> tuple[str, int, dict[str, Any]]:
+    """An access token for a local user (lifetime: `ttl`, else the tenant's)."""
+    return issue_access_token(
+        runtime,
+        user_id=user.id,
+        email=user.email,
+        tenant_id=tenant.id,
+        tenant_slug=tenant.slug,
+        role=user.role,
+        version=user.token_version,
+        ttl=ttl or access_ttl_for(runtime, tenant),
+        extra=extra,
+    )
 
 
 class VerifiedTokenCache:

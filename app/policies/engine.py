@@ -220,15 +220,23 @@ def _first_matching(patterns: Sequence[str], email: str | None) -> str | None:
     return next((p for p in patterns if _match_canonical(p, email)), None)
 
 
+@functools.lru_cache(maxsize=8192)
+def _normalized_or_none(email: str) -> str | None:
+    # Decisions run per request for the same few principals: normalise each email once.
+    try:
+        return normalize_email(email)
+    except ValueError:
+        return None
+
+
 def evaluate_access(policies: Sequence[AccessPolicy], email: str | None) -> Decision:
     """Deny wins; otherwise the email must match every allow policy (AND); no policy admits."""
     ordered = sorted(policies, key=lambda policy: (-policy.priority, policy.id))
     principal: str | None = None
     why_unmatched = "principal has no email"
     if email is not None:
-        try:
-            principal = normalize_email(email)
-        except ValueError:
+        principal = _normalized_or_none(email)
+        if principal is None:
             why_unmatched = "principal email is not a valid address"
 
     deny = [policy for policy in ordered if policy.config.mode == "deny"]

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit.service import ANONYMOUS, Actor, record
 from app.auth.principal import Principal, Role
 from app.auth.service import verify_login
-from app.auth.tokens import issue_access_token
+from app.auth.tokens import access_ttl_for, issue_user_access_token
 from app.core.config import Settings
 from app.core.context import current_request
 from app.core.db import set_session_tenant
@@ -406,20 +406,10 @@ async def exchange(
         _exchange_failed(runtime, caller.actor, caller.tenant_id, problem or "unknown")
         raise _session_refused(problem or "unknown")
     tenant = await get_tenant(session, caller.tenant_id)
-    access_ttl = int(
-        tenant.settings.get("access_token_ttl_seconds") or runtime.settings.access_token_ttl_seconds
-    )
-    ttl = max(1, min(access_ttl, int(found.expires_at - now)))
-    access_token, _expires_in, claims = issue_access_token(
-        runtime,
-        user_id=user.id,
-        email=user.email,
-        tenant_id=tenant.id,
-        tenant_slug=tenant.slug,
-        role=user.role,
-        version=user.token_version,
-        ttl=ttl,
-        extra={"sid": str(found.id)},
+    # The token never outlives the session it was exchanged for.
+    ttl = max(1, min(access_ttl_for(runtime, tenant), int(found.expires_at - now)))
+    access_token, _expires_in, claims = issue_user_access_token(
+        runtime, tenant, user, ttl=ttl, extra={"sid": str(found.id)}
     )
     # An exchange is the user's activity reaching an internal service through the BFF.
     await runtime.sessions.touch(token_hash, found, now)

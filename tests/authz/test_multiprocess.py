@@ -3,7 +3,6 @@ by the other within a second, and rate-limit counters are shared."""
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
@@ -12,20 +11,9 @@ import pytest
 
 from tests.conftest import PASSWORD
 from tests.support.processes import warden_process
+from tests.support.services import REDIS, needs_redis
 
-
-def _redis_url() -> str | None:
-    if os.environ.get("WARDEN_TEST_REDIS_URL"):
-        return os.environ["WARDEN_TEST_REDIS_URL"]
-    if os.environ.get("CI"):
-        return "redis://127.0.0.1:6379/14"  # CI always has Redis: fail loudly if it is down
-    return None
-
-
-REDIS = _redis_url()
-pytestmark = pytest.mark.skipif(
-    REDIS is None, reason="needs Redis: set WARDEN_TEST_REDIS_URL (always run in CI)"
-)
+pytestmark = needs_redis
 
 
 def _eventually(check, timeout: float = 1.0) -> float:

@@ -4,7 +4,6 @@ refused by the other on the very next request (database lookups; Redis records w
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 from collections.abc import AsyncIterator
 
@@ -14,17 +13,8 @@ import pytest
 from tests.conftest import PASSWORD
 from tests.sessions.conftest import ALLOWED_ORIGIN, set_cookies, warden_child
 from tests.support.servers import free_port
+from tests.support.services import REDIS
 
-
-def _redis_url() -> str | None:
-    if os.environ.get("WARDEN_TEST_REDIS_URL"):
-        return os.environ["WARDEN_TEST_REDIS_URL"]
-    if os.environ.get("CI"):
-        return "redis://127.0.0.1:6379/14"  # CI always has Redis: fail loudly if it is down
-    return None
-
-
-REDIS = _redis_url()
 MODES = [
     pytest.param("", id="database"),
     pytest.param(

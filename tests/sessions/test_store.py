@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 
 import pytest
@@ -15,20 +14,7 @@ from app.sessions.models import BrowserSession
 from app.sessions.store import SessionStore
 from tests.sessions.conftest import browser_login
 from tests.support.servers import free_port
-
-
-def _redis_url() -> str | None:
-    if os.environ.get("WARDEN_TEST_REDIS_URL"):
-        return os.environ["WARDEN_TEST_REDIS_URL"]
-    if os.environ.get("CI"):
-        return "redis://127.0.0.1:6379/14"  # CI always has Redis: fail loudly if it is down
-    return None
-
-
-REDIS = _redis_url()
-needs_redis = pytest.mark.skipif(
-    REDIS is None, reason="needs Redis: set WARDEN_TEST_REDIS_URL (always run in CI)"
-)
+from tests.support.services import REDIS, needs_redis
 
 
 def _hash(cookie: str) -> str:
