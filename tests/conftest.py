@@ -99,9 +99,25 @@ async def app(database: str) -> AsyncIterator[Any]:
     """The public app with its lifespan running (runtime, audit writer)."""
     from app.main import create_app
 
+    global _APP
     application = create_app()
     async with application.router.lifespan_context(application):
+        _APP = application
         yield application
+        _APP = None
+
+
+_APP: Any = None
+
+
+@pytest.fixture(autouse=True)
+async def _settle_background_writes() -> AsyncIterator[None]:
+    """After each test, let the in-process audit writer finish its batch. Between tests the
+    event loop is stopped: a flush frozen mid-transaction would hold SQLite's write lock and
+    starve any Warden child process a following test starts (it would wait 30 s, then fail)."""
+    yield
+    if _APP is not None:
+        await _APP.state.runtime.audit.flush()
 
 
 def random_ip() -> str:

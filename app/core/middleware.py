@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import re
 import time
 import uuid
@@ -13,6 +15,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core.context import RequestContext, set_request_context
 
 log = structlog.get_logger("warden.access")
+_access_log = logging.getLogger("warden.access")
+# Request ids need to be unique, not secret: a random per-process prefix and a counter cost
+# far less than a uuid4 per request.
+_ID_PREFIX = uuid.uuid4().hex[:12]
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """A request id unique across processes and restarts."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+
+
 _SAFE_ID = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -57,7 +71,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and _SAFE_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if incoming and _SAFE_ID.match(incoming) else new_request_id()
         ip = client_ip(scope, self.trust_forwarded_for)
         scope.setdefault("state", {})["request_id"] = request_id
         set_request_context(
@@ -111,14 +125,15 @@ class RequestContextMiddleware:
             await _too_large(send, request_id)
             status = 413
         finally:
-            log.info(
-                "request",
-                method=scope.get("method"),
-                path=path,
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                ip=ip,
-            )
+            if _access_log.isEnabledFor(logging.INFO):
+                log.info(
+                    "request",
+                    method=scope.get("method"),
+                    path=path,
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    ip=ip,
+                )
 
 
 class _BodyTooLarge(Exception):
