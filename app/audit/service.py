@@ -19,7 +19,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +27,7 @@ import structlog
 from sqlalchemy import insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit import repository
@@ -322,12 +323,36 @@ class AuditWriter:
                 return 0
             batch, self.queue = self.queue, []
             try:
-                async with self.sessionmaker() as session, session.begin():
-                    await append_events(session, batch)
+                try:
+                    await self._write(batch)
+                except IntegrityError:
+                    await self._write_chain_by_chain(batch)
             except BaseException:
                 self.queue = batch + self.queue
                 raise
             return len(batch)
+
+    async def _write(self, events: list[EventData]) -> None:
+        async with self.sessionmaker() as session, session.begin():
+            await append_events(session, events)
+
+    async def _write_chain_by_chain(self, batch: list[EventData]) -> None:
+        """A tenant deleted after its events were queued fails the whole batch (its chain is
+        gone): write each chain on its own and move a vanished tenant's events to the system
+        chain, so one deletion never blocks every later event."""
+        by_chain: dict[str, list[EventData]] = {}
+        for data in batch:
+            by_chain.setdefault(chain_key(data.tenant_id), []).append(data)
+        for events in by_chain.values():
+            try:
+                await self._write(events)
+            except IntegrityError:
+                moved = [
+                    replace(e, tenant_id=None, details={**e.details, "tenant_id": str(e.tenant_id)})
+                    for e in events
+                ]
+                log.warning("audit_events_of_deleted_tenant", count=len(moved))
+                await self._write(moved)
 
     async def stop(self) -> None:
         """Stop the flusher and write what is left."""
