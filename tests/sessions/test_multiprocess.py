@@ -13,16 +13,14 @@ import pytest
 from tests.conftest import PASSWORD
 from tests.sessions.conftest import ALLOWED_ORIGIN, set_cookies, warden_child
 from tests.support.servers import free_port
-from tests.support.services import REDIS
+from tests.support.services import REDIS, needs_redis
 
 MODES = [
     pytest.param("", id="database"),
     pytest.param(
         REDIS or "",
         id="redis",
-        marks=pytest.mark.skipif(
-            REDIS is None, reason="needs Redis: set WARDEN_TEST_REDIS_URL (always run in CI)"
-        ),
+        marks=needs_redis,
     ),
 ]
 
