@@ -6,20 +6,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from app.core.ratelimit import limiter
-
 router = APIRouter(tags=["operations"])
 
 
+# Both are exempt from the global per-IP limit (GLOBAL_LIMIT_EXEMPT in app/core/ratelimit.py).
 @router.get("/health")
-@limiter.exempt
-async def health(request: Request) -> dict[str, str]:
+async def health() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
 
 
 @router.get("/ready")
-@limiter.exempt
 async def ready(request: Request) -> JSONResponse:
     """The database (and Redis, when configured) answer."""
     runtime = request.app.state.runtime
