@@ -11,6 +11,7 @@ from app.apikeys.router import router as apikeys_router
 from app.audit.router import router as audit_router
 from app.auth.router import router as auth_router
 from app.auth.router import well_known
+from app.authz.hotpath import HotPathMiddleware
 from app.authz.router import router as authz_router
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
@@ -66,6 +67,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(well_known)
     for router in API_ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
+    # Middleware added first runs innermost: the hot path sees requests after the request
+    # context, CORS and the global limit, and ahead of FastAPI's routing.
+    app.add_middleware(HotPathMiddleware, prefix=API_PREFIX)
     app.add_middleware(GlobalRateLimitMiddleware, limit=settings.global_rate_limit)
     if settings.cors_origins:
         app.add_middleware(

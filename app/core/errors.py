@@ -149,6 +149,13 @@ def error_response(
     return JSONResponse({"error": body}, status_code=status_code, headers=headers)
 
 
+def app_error_response(request: Request, exc: AppError) -> JSONResponse:
+    """The response of an `AppError` (also used by the hot path, which has no handlers)."""
+    if exc.status_code >= 500:
+        log.warning("request_failed", code=exc.code, status=exc.status_code)
+    return error_response(request, exc.status_code, exc.code, exc.message, exc.headers, exc.details)
+
+
 def _format_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
     problems = []
     for err in exc.errors():
@@ -170,11 +177,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(AppError)
     async def _app_error(request: Request, exc: AppError) -> JSONResponse:
-        if exc.status_code >= 500:
-            log.warning("request_failed", code=exc.code, status=exc.status_code)
-        return error_response(
-            request, exc.status_code, exc.code, exc.message, exc.headers, exc.details
-        )
+        return app_error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
