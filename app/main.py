@@ -5,13 +5,15 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from slowapi.errors import RateLimitExceeded
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp
 
 from app import models as _models  # noqa: F401  (every table registered before any query)
 from app.apikeys.router import router as apikeys_router
 from app.audit.router import router as audit_router
 from app.auth.router import router as auth_router
 from app.auth.router import well_known
-from app.authz.hotpath import HotPathMiddleware
+from app.authz.hotpath import DecisionRoutes, HotPath
 from app.authz.router import router as authz_router
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
@@ -46,12 +48,62 @@ API_ROUTERS = (
 )
 
 
+class WardenAPI(FastAPI):
+    """FastAPI with the enforcement hot path (`app.authz.hotpath`) in front of its stack."""
+
+    hot_path: ASGIApp | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        if self.hot_path is None:
+            return stack
+        return HotPath(stack, self.hot_path, prefix=API_PREFIX)
+
+
+def edge_middleware(settings: Settings) -> list[Middleware]:
+    """The pure ASGI layers every route runs behind, outermost first: request id and security
+    headers, CORS, the global per-IP limit."""
+    layers = [
+        Middleware(
+            RequestContextMiddleware,
+            trust_forwarded_for=settings.trust_forwarded_for,
+            hsts=settings.hsts,
+        )
+    ]
+    if settings.cors_origins:
+        layers.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_credentials=True,
+                allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                allow_headers=[
+                    "Authorization",
+                    "Content-Type",
+                    "X-CSRF-Token",
+                    "X-API-Key",
+                    "X-Request-ID",
+                    "X-Tenant",
+                ],
+            )
+        )
+    layers.append(Middleware(GlobalRateLimitMiddleware, limit=settings.global_rate_limit))
+    return layers
+
+
+def wrap(endpoint: ASGIApp, layers: list[Middleware]) -> ASGIApp:
+    """`endpoint` behind `layers` (outermost first)."""
+    for layer in reversed(layers):
+        endpoint = layer.cls(endpoint, *layer.args, **layer.kwargs)
+    return endpoint
+
+
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     """Build the public app; the runtime (database, keys, Redis) is made in the lifespan, unless
     one is given (`warden serve` shares one with the internal app and owns its lifecycle)."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
-    app = FastAPI(
+    app = WardenAPI(
         title="Warden",
         version="0.1.0",
         description=(
@@ -67,30 +119,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(well_known)
     for router in API_ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
-    # Middleware added first runs innermost: the hot path sees requests after the request
-    # context, CORS and the global limit, and ahead of FastAPI's routing.
-    app.add_middleware(HotPathMiddleware, prefix=API_PREFIX)
-    app.add_middleware(GlobalRateLimitMiddleware, limit=settings.global_rate_limit)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_credentials=True,
-            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            allow_headers=[
-                "Authorization",
-                "Content-Type",
-                "X-CSRF-Token",
-                "X-API-Key",
-                "X-Request-ID",
-                "X-Tenant",
-            ],
-        )
-    app.add_middleware(
-        RequestContextMiddleware,
-        trust_forwarded_for=settings.trust_forwarded_for,
-        hsts=settings.hsts,
-    )
+    edge = edge_middleware(settings)
+    for layer in reversed(edge):  # added last runs outermost: edge[0] sees requests first
+        app.add_middleware(layer.cls, *layer.args, **layer.kwargs)
+    app.hot_path = wrap(DecisionRoutes(), edge)
     return app
 
 

@@ -156,6 +156,19 @@ def app_error_response(request: Request, exc: AppError) -> JSONResponse:
     return error_response(request, exc.status_code, exc.code, exc.message, exc.headers, exc.details)
 
 
+def validation_error_response(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming every bad field."""
+    message, problems = _format_validation(exc)
+    log.info("validation_failed", problems=problems)
+    return error_response(request, 422, "validation_error", message, details=problems)
+
+
+def internal_error_response(request: Request, exc: Exception) -> JSONResponse:
+    """500 for a bug: logged with its traceback, never shown to the client."""
+    log.error("unhandled_error", exc_info=exc)
+    return error_response(request, 500, "internal_error", "Internal server error.")
+
+
 def _format_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
     problems = []
     for err in exc.errors():
@@ -181,9 +194,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, problems = _format_validation(exc)
-        log.info("validation_failed", problems=problems)
-        return error_response(request, 422, "validation_error", message, details=problems)
+        return validation_error_response(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -194,5 +205,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled_error", exc_info=exc)
-        return error_response(request, 500, "internal_error", "Internal server error.")
+        return internal_error_response(request, exc)

@@ -97,7 +97,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise _BodyTooLarge
+                    raise BodyTooLarge
             return message
 
         async def send_with_headers(message: Message) -> None:
@@ -121,7 +121,7 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, limited_receive, send_with_headers)
-        except _BodyTooLarge:
+        except BodyTooLarge:
             await _too_large(send, request_id)
             status = 413
         finally:
@@ -136,8 +136,8 @@ class RequestContextMiddleware:
                 )
 
 
-class _BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(Exception):
+    """Raised from `receive` once a body outgrows the cap; this middleware answers 413."""
 
 
 async def _too_large(send: Send, request_id: str) -> None:
