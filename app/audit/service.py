@@ -29,13 +29,14 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from app.audit import repository
 from app.audit.models import AuditChainHead, AuditEvent
 from app.audit.schemas import AuditFilters, ExportFormat, csv_chunk, csv_header, jsonl_chunk
 from app.core.context import current_request
 from app.core.db import SKIP_TENANT_FILTER, set_session_tenant
+from app.core.errors import ServiceUnavailable
 from app.core.logging import mask_email
 from app.core.types import utcnow
 
@@ -43,6 +44,10 @@ log = structlog.get_logger("warden.audit")
 _stdlib_log = logging.getLogger("warden.audit")
 GENESIS = "0" * 64
 SYSTEM_CHAIN = "system"
+MAX_BATCH = 5_000  # events per writer transaction
+MAX_PENDING = 50_000  # queued events beyond which submitters wait (`AuditWriter.room`)
+ROOM_TIMEOUT_SECONDS = 10.0  # a request waits this long for room, then gets 503
+YIELD_EVERY = 200  # events linked between two yields to the event loop (about 5 ms of work)
 
 
 @dataclass(frozen=True)
@@ -139,9 +144,18 @@ EVENT_COLUMNS = tuple(EventRow.__dataclass_fields__)
 @dataclass(frozen=True)
 class _DriverInsert:
     """`INSERT INTO audit_events` compiled once per dialect, with the columns' own bind
-    processors: a batch goes to the driver's `executemany` without SQLAlchemy's per-row
-    bookkeeping, which had cost more CPU than the decisions being audited."""
+    processors: a batch goes to the driver without SQLAlchemy's per-row bookkeeping, which had
+    cost more CPU than the decisions being audited.
 
+    Positional (`?`, SQLite) drivers get multi-row statements of `ROWS_PER_STATEMENT` rows: the
+    sqlite3 module's `executemany` takes the GIL back after every row, and aiosqlite runs it in a
+    thread that a busy event loop starves (a batch of thousands then took seconds). Named
+    (psycopg) drivers get `executemany`, which psycopg pipelines."""
+
+    ROWS_PER_STATEMENT = 500  # 17 columns: far below SQLite's 32,766 variables
+
+    head: str  # `INSERT INTO audit_events (...) VALUES `
+    group: str  # `(?, ?, ...)` for positional drivers
     sql: str
     names: tuple[str, ...]
     processors: tuple[Callable[[Any], Any] | None, ...]
@@ -158,21 +172,32 @@ class _DriverInsert:
         processors = tuple(
             table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
         )
-        return cls(compiled.string, names, processors, positional)
+        head, _, group = compiled.string.partition(" VALUES ")
+        return cls(f"{head} VALUES ", group, compiled.string, names, processors, positional)
 
-    def params(self, rows: Sequence[EventRow]) -> list[Any]:
-        """Driver parameters: tuples for `?`-style drivers, dicts for named ones."""
+    def _values(self, rows: Sequence[EventRow]) -> list[tuple[Any, ...]]:
         pairs = tuple(zip(self.names, self.processors, strict=True))
-        converted = [
+        return [
             tuple(
                 getattr(row, name) if proc is None else proc(getattr(row, name))
                 for name, proc in pairs
             )
             for row in rows
         ]
-        if self.positional:
-            return converted
-        return [dict(zip(self.names, values, strict=True)) for values in converted]
+
+    async def execute(self, connection: AsyncConnection, rows: Sequence[EventRow]) -> None:
+        """Insert `rows` in as few driver calls as the driver allows."""
+        values = self._values(rows)
+        if not self.positional:
+            named = [dict(zip(self.names, row, strict=True)) for row in values]
+            await connection.exec_driver_sql(self.sql, named)
+            return
+        step = self.ROWS_PER_STATEMENT
+        for start in range(0, len(values), step):
+            chunk = values[start : start + step]
+            sql = self.head + ", ".join([self.group] * len(chunk))
+            flat = tuple(value for row in chunk for value in row)
+            await connection.exec_driver_sql(sql, flat)
 
 
 _DRIVER_INSERTS: dict[str, _DriverInsert] = {}
@@ -240,7 +265,9 @@ async def append_events(session: AsyncSession, events: Sequence[EventData]) -> l
     try:
         for key in sorted(by_chain):  # fixed order: two writers never lock heads crosswise
             head = await _lock_head(session, key)
-            for data in by_chain[key]:
+            for count, data in enumerate(by_chain[key], 1):
+                if count % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # a big batch must not stall the requests in flight
                 event = _event_from(data)
                 head.seq += 1
                 event.seq = head.seq
@@ -252,8 +279,7 @@ async def append_events(session: AsyncSession, events: Sequence[EventData]) -> l
         await session.flush()
         if rows:
             connection = await session.connection()
-            statement = _driver_insert(connection.dialect)
-            await connection.exec_driver_sql(statement.sql, statement.params(rows))
+            await _driver_insert(connection.dialect).execute(connection, rows)
     finally:
         session.info[SKIP_TENANT_FILTER] = previous
     return rows
@@ -306,6 +332,7 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._flush_lock = asyncio.Lock()
+        self._room = asyncio.Event()
 
     def submit(
         self,
@@ -364,20 +391,43 @@ class AuditWriter:
                 log.error("audit_flush_failed", error=repr(exc))
 
     async def flush(self) -> int:
-        """Write everything queued so far; returns how many events were written."""
+        """Write everything queued so far, `MAX_BATCH` events a transaction; returns how many
+        events were written."""
+        written = 0
         async with self._flush_lock:
-            if not self.queue:
-                return 0
-            batch, self.queue = self.queue, []
-            try:
+            while self.queue:
+                batch, self.queue = self.queue[:MAX_BATCH], self.queue[MAX_BATCH:]
                 try:
-                    await self._write(batch)
-                except IntegrityError:
-                    await self._write_chain_by_chain(batch)
-            except BaseException:
-                self.queue = batch + self.queue
-                raise
-            return len(batch)
+                    try:
+                        await self._write(batch)
+                    except IntegrityError:
+                        await self._write_chain_by_chain(batch)
+                except BaseException:
+                    self.queue = batch + self.queue
+                    raise
+                written += len(batch)
+                if len(self.queue) < MAX_PENDING:
+                    self._room.set()
+        return written
+
+    async def room(self) -> None:
+        """Back-pressure: wait while `MAX_PENDING` events are queued (a database slower than
+        the request rate must not grow the queue without bound; events are never dropped)."""
+        if len(self.queue) < MAX_PENDING:
+            return
+        deadline = asyncio.get_running_loop().time() + ROOM_TIMEOUT_SECONDS
+        while len(self.queue) >= MAX_PENDING and not self._stopping:
+            self._room.clear()
+            self._wake.set()
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                await asyncio.wait_for(self._room.wait(), timeout=max(remaining, 0))
+            except TimeoutError:
+                raise ServiceUnavailable(
+                    "The audit trail cannot keep up; try again shortly.",
+                    code="audit_backlog",
+                    headers={"Retry-After": "5"},
+                ) from None
 
     async def _write(self, events: list[EventData]) -> None:
         async with self.sessionmaker() as session, session.begin():
@@ -405,6 +455,7 @@ class AuditWriter:
         """Stop the flusher and write what is left."""
         self._stopping = True
         self._wake.set()
+        self._room.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None

@@ -203,6 +203,7 @@ async def _authenticate(runtime: Runtime, request: Request, binding: Binding) ->
 async def forward_auth(runtime: Runtime, request: Request, suffix: str | None = None) -> Response:
     """Decide one gateway request: binding → exempt → credential → tenant → audience → policies
     → rate limits; audited either way, answered without a body."""
+    await runtime.audit.room()
     fwd = forwarded_request(request, suffix)
     binding = await runtime.bindings.resolve(fwd.host, fwd.path)
     endpoint = await runtime.endpoints.get(binding.tenant_id, binding.slug) if binding else None

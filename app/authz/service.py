@@ -77,6 +77,7 @@ def refusal(verdict: Verdict) -> AppError:
 
 async def query(runtime: Runtime, request: Request, principal: Principal, slug: str) -> Response:
     """Authenticate (done) → tenant match → access → rules → rate limits → forward → audit."""
+    await runtime.audit.room()
     endpoint = await load_endpoint(runtime, principal, slug)
     subject = Subject.of(principal)
     ip = current_request().ip
@@ -141,6 +142,7 @@ def _what_if_subject(principal: Principal, data: CheckRequest) -> Subject:
 
 async def check(runtime: Runtime, principal: Principal, data: CheckRequest) -> CheckResponse:
     """A decision without forwarding and without spending quota."""
+    await runtime.audit.room()
     is_admin = principal.kind != "api_key" and principal.role.at_least(Role.ADMIN)
     if principal.kind == "api_key" and not ({"authz:check", "endpoints:query"} & principal.scopes):
         raise Forbidden("This API key lacks the authz:check scope.", code="insufficient_scope")

@@ -1,14 +1,20 @@
-"""The batched writer survives a tenant deleted while its events were queued."""
+"""The batched writer: big batches stay whole and chained, a backlog pushes back instead of
+growing without bound, and a tenant deleted while its events were queued blocks nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import func, select
 
+from app.audit import service as audit_service
 from app.audit.models import AuditEvent
-from app.audit.service import ANONYMOUS
+from app.audit.service import ANONYMOUS, AuditWriter
+from app.audit.verify import verify_chain
 from app.core.db import SKIP_TENANT_FILTER, set_session_tenant
+from app.core.errors import ServiceUnavailable
 from tests.conftest import make_tenant
 
 
@@ -57,3 +63,95 @@ async def test_events_of_a_deleted_tenant_do_not_block_the_queue(client, runtime
         assert [(e.details["marker"], e.details["tenant_id"]) for e in moved] == [
             (marker, doomed.id)
         ]
+
+
+def _submit(writer: AuditWriter, tenant_id: uuid.UUID, count: int, marker: str) -> None:
+    for n in range(count):
+        writer.submit(
+            tenant_id=tenant_id,
+            action="test.batch",
+            actor=ANONYMOUS,
+            outcome="success",
+            details={"marker": marker, "n": n},
+        )
+
+
+async def test_a_backlog_is_written_in_bounded_transactions_and_stays_one_chain(
+    client, runtime, monkeypatch
+):
+    # More events than one transaction takes and than one multi-row statement holds.
+    monkeypatch.setattr(audit_service, "MAX_BATCH", 700)
+    tenant = await make_tenant(client)
+    tenant_id = uuid.UUID(tenant.id)
+    writer = AuditWriter(runtime.sessionmaker)  # no background task: flushed here only
+    marker = uuid.uuid4().hex
+    _submit(writer, tenant_id, 1_601, marker)
+    assert await writer.flush() == 1_601
+    assert writer.queue == []
+    async with runtime.sessionmaker() as session:
+        set_session_tenant(session, tenant_id)
+        seqs = (
+            await session.execute(
+                select(AuditEvent.seq, AuditEvent.details)
+                .where(AuditEvent.action == "test.batch")
+                .order_by(AuditEvent.seq)
+            )
+        ).all()
+    assert [d["n"] for _, d in seqs] == list(range(1_601))  # submission order kept
+    assert [s for s, _ in seqs] == list(range(seqs[0][0], seqs[0][0] + 1_601))  # no gaps
+    assert (await verify_chain(runtime.sessionmaker, tenant_id)).status == "intact"
+
+
+async def test_a_full_queue_makes_submitters_wait_until_it_drains(client, runtime, monkeypatch):
+    monkeypatch.setattr(audit_service, "MAX_PENDING", 50)
+    tenant = await make_tenant(client)
+    writer = AuditWriter(runtime.sessionmaker)
+    _submit(writer, uuid.UUID(tenant.id), 60, uuid.uuid4().hex)
+    waiting = asyncio.create_task(writer.room())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # over the mark: the request path waits
+    await writer.flush()
+    await asyncio.wait_for(waiting, 1)
+    await writer.room()  # below the mark: returns at once
+
+
+async def test_a_queue_that_cannot_drain_answers_503_not_a_hang(client, runtime, monkeypatch):
+    monkeypatch.setattr(audit_service, "MAX_PENDING", 10)
+    monkeypatch.setattr(audit_service, "ROOM_TIMEOUT_SECONDS", 0.2)
+    tenant = await make_tenant(client)
+    writer = AuditWriter(runtime.sessionmaker)  # nothing flushes it
+    marker = uuid.uuid4().hex
+    _submit(writer, uuid.UUID(tenant.id), 10, marker)
+    with pytest.raises(ServiceUnavailable) as refused:
+        await writer.room()
+    assert refused.value.code == "audit_backlog"
+    assert len(writer.queue) == 10  # nothing was dropped
+    await writer.flush()
+    async with runtime.sessionmaker() as session:
+        set_session_tenant(session, uuid.UUID(tenant.id))
+        stored = await session.scalar(
+            select(func.count()).where(AuditEvent.details["marker"].as_string() == marker)
+        )
+    assert stored == 10
+
+
+async def test_a_query_waits_for_room_in_the_trail(client, tenant, runtime, monkeypatch):
+    monkeypatch.setattr(audit_service, "MAX_PENDING", 1)
+    monkeypatch.setattr(audit_service, "ROOM_TIMEOUT_SECONDS", 0.2)
+    flush = runtime.audit.flush
+
+    async def stalled() -> int:  # a database that does not keep up
+        return 0
+
+    monkeypatch.setattr(runtime.audit, "flush", stalled)
+    try:
+        _submit(runtime.audit, uuid.UUID(tenant.id), 1, uuid.uuid4().hex)
+        r = await client.post(
+            "/api/v1/authz/check", json={"endpoint": "nope-nope"}, headers=tenant.owner.headers
+        )
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "audit_backlog"
+        assert r.headers["retry-after"] == "5"
+    finally:
+        monkeypatch.undo()
+        await flush()
