@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from slowapi.errors import RateLimitExceeded
 from starlette.middleware import Middleware
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import models as _models  # noqa: F401  (every table registered before any query)
 from app.apikeys.router import router as apikeys_router
@@ -51,13 +51,18 @@ API_ROUTERS = (
 class WardenAPI(FastAPI):
     """FastAPI with the enforcement hot path (`app.authz.hotpath`) in front of its stack."""
 
-    hot_path: ASGIApp | None = None
+    hot_path: HotPath | None = None
 
-    def build_middleware_stack(self) -> ASGIApp:
-        stack = super().build_middleware_stack()
-        if self.hot_path is None:
-            return stack
-        return HotPath(stack, self.hot_path, prefix=API_PREFIX)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.hot_path.route(scope) if self.hot_path is not None else None
+        if route is None or self.hot_path is None:
+            await super().__call__(scope, receive, send)
+            return
+        if self.root_path:
+            scope["root_path"] = self.root_path
+        scope["app"] = self
+        scope["path_params"] = {"route": route}
+        await self.hot_path.app(scope, receive, send)
 
 
 def edge_middleware(settings: Settings) -> list[Middleware]:
@@ -122,7 +127,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     edge = edge_middleware(settings)
     for layer in reversed(edge):  # added last runs outermost: edge[0] sees requests first
         app.add_middleware(layer.cls, *layer.args, **layer.kwargs)
-    app.hot_path = wrap(DecisionRoutes(), edge)
+    app.hot_path = HotPath(wrap(DecisionRoutes(), edge), prefix=API_PREFIX)
     return app
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Generic, TypeVar
 
 from limits import RateLimitItem, RateLimitItemPerSecond
@@ -59,6 +60,16 @@ class CompiledEndpoint:
     rules: tuple[RulePolicy, ...]
     limits: tuple[RateLimitRule, ...]
     credential: tuple[str, str] | None
+
+    @cached_property
+    def id_text(self) -> str:
+        """`str(id)`, made once: counter keys and audit rows need it on every request."""
+        return str(self.id)
+
+    @cached_property
+    def tenant_text(self) -> str:
+        """`str(tenant_id)`, made once."""
+        return str(self.tenant_id)
 
 
 class _Cache(Generic[V]):

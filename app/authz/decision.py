@@ -76,8 +76,11 @@ def may_query(subject: Subject, scope: str = "endpoints:query") -> Verdict | Non
     return None
 
 
-def evaluate(endpoint: CompiledEndpoint, subject: Subject, facts: RequestFacts) -> Verdict:
-    """Endpoint state, access and rule policies (no rate limits)."""
+def evaluate(
+    endpoint: CompiledEndpoint, subject: Subject, facts: RequestFacts, *, explain: bool = False
+) -> Verdict:
+    """Endpoint state, access and rule policies (no rate limits). Rule comparisons are described
+    in the reasons only when `explain` (an admin's `/authz/check`): nobody else sees them."""
     if not endpoint.is_active:
         return Verdict(False, "endpoint_disabled", None, ["endpoint is disabled"])
     access = evaluate_access(endpoint.access, subject.email)
@@ -90,7 +93,7 @@ def evaluate(endpoint: CompiledEndpoint, subject: Subject, facts: RequestFacts) 
         ip=facts.ip,
         time=int(time.time()),
     )
-    rules = evaluate_rules(endpoint.rules, context)
+    rules = evaluate_rules(endpoint.rules, context, explain)
     if not rules.allowed:
         return Verdict(False, "rule_denied", rules.decided_by, list(rules.reasons))
     return Verdict(
@@ -105,13 +108,15 @@ def limit_key(
     endpoint: CompiledEndpoint, rule: RateLimitRule, subject: Subject, ip: str | None
 ) -> tuple[str, ...]:
     """Counters are per tenant + endpoint + policy + scope subject (never by slug alone)."""
-    who = {
-        "per_user": subject.key,
-        "per_tenant": "tenant",
-        "per_ip": f"ip:{ip or 'unknown'}",
-        "per_endpoint": "endpoint",
-    }[rule.scope]
-    return ("rl", str(endpoint.tenant_id), str(endpoint.id), rule.policy_id, who)
+    if rule.scope == "per_user":
+        who = subject.key
+    elif rule.scope == "per_ip":
+        who = f"ip:{ip or 'unknown'}"
+    elif rule.scope in ("per_tenant", "per_endpoint"):
+        who = rule.scope.removeprefix("per_")
+    else:
+        raise ValueError(f"unknown rate-limit scope {rule.scope!r}")
+    return ("rl", endpoint.tenant_text, endpoint.id_text, rule.policy_id, who)
 
 
 async def check_limits(

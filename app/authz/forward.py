@@ -168,7 +168,7 @@ def _audit(
         actor=actor,
         outcome=outcome,
         target_type="endpoint" if endpoint else None,
-        target_id=str(endpoint.id) if endpoint else None,
+        target_id=endpoint.id_text if endpoint else None,
         details={
             "host": (fwd.host or "")[:255],
             "method": fwd.method,

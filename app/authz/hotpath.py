@@ -3,12 +3,13 @@ front of FastAPI's middleware stack, route matching, dependency resolution and r
 validation. Measured on one uvicorn worker, that stack costs about 75 µs a request (a bare
 FastAPI hello-world answers 10k req/s, a bare ASGI app 50k): more than a warm decision itself.
 
-`HotPath` wraps the whole FastAPI app. The two routes go to `DecisionRoutes` behind the same
-edge middlewares as every other route (request context, CORS, global limit, built once from one
-list in `app.main`); everything else goes to FastAPI. `DecisionRoutes` calls the same functions
-as the FastAPI routes in `router.py` (authentication, `service.check`, `service.query`) and the
-same error renderers as the app's handlers, so behaviour is one piece of code. The FastAPI
-routes remain the documented contract (OpenAPI) for both."""
+`WardenAPI` (`app.main`) hands the two routes to `DecisionRoutes` behind the same edge
+middlewares as every other route (request context, CORS, global limit, built from one list);
+everything else goes to FastAPI. FastAPI's optional native telemetry does not wrap them.
+`DecisionRoutes` calls the same functions as the FastAPI routes in `router.py`
+(authentication, `service.check`, `service.query`) and the same error renderers as the app's
+handlers, so behaviour is one piece of code. The FastAPI routes remain the documented contract
+(OpenAPI) for both."""
 
 from __future__ import annotations
 
@@ -56,16 +57,19 @@ def _is_json(scope: Scope) -> bool:
 
 
 class HotPath:
-    """In front of the FastAPI app: the decision routes of `prefix` go to `fast`."""
+    """The decision routes of `prefix` and the app that serves them (`DecisionRoutes` behind
+    the edge middlewares); `WardenAPI.__call__` hands matching requests to it."""
 
-    def __init__(self, app: ASGIApp, fast: ASGIApp, *, prefix: str) -> None:
+    def __init__(self, app: ASGIApp, *, prefix: str) -> None:
         self.app = app
-        self.fast = fast
         self.check_path = f"{prefix}/authz/check"
         self.endpoints_prefix = f"{prefix}/endpoints/"
 
-    def route(self, path: str) -> str | None:
-        """`"check"`, the slug of a query, or None when the path is not a decision route."""
+    def route(self, scope: Scope) -> str | None:
+        """`"check"`, the slug of a query, or None when the request is not a decision."""
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return None
+        path: str = scope["path"]
         if path == self.check_path:
             return "check"
         if path.startswith(self.endpoints_prefix) and path.endswith(_QUERY_SUFFIX):
@@ -73,15 +77,6 @@ class HotPath:
             if _SLUG.match(slug):  # anything else gets FastAPI's 404/422
                 return slug
         return None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            route = self.route(scope["path"])
-            if route is not None:
-                scope["path_params"] = {"route": route}
-                await self.fast(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 class DecisionRoutes:

@@ -46,7 +46,7 @@ def _audit_decision(
         actor=principal.actor,
         outcome=outcome,
         target_type="endpoint",
-        target_id=str(endpoint.id),
+        target_id=endpoint.id_text,
         details={
             "endpoint": endpoint.slug,
             "code": verdict.code,
@@ -152,7 +152,7 @@ async def check(runtime: Runtime, principal: Principal, data: CheckRequest) -> C
     subject = _what_if_subject(principal, data) if data.as_ else Subject.of(principal)
     ip = current_request().ip
     facts = RequestFacts(method=data.method, path=data.path or f"/endpoints/{endpoint.slug}", ip=ip)
-    verdict = may_query(subject) or evaluate(endpoint, subject, facts)
+    verdict = may_query(subject) or evaluate(endpoint, subject, facts, explain=is_admin)
     if verdict.allowed:
         limited = await check_limits(runtime.limiter, endpoint, subject, ip, spend=False)
         if limited is not None and not limited.allowed:

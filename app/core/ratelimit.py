@@ -116,24 +116,26 @@ class AsyncLimiter:
         return LimitState(allowed, item.amount, stats.remaining, stats.reset_time)
 
     async def hit_fixed(self, item: RateLimitItem, *key: str) -> LimitState:
-        """A cheaper fixed-window hit (the global per-IP limit); fails closed like `hit`."""
+        """A cheaper fixed-window hit (the global per-IP limit); fails closed like `hit`. The
+        window figures are read only for a refusal (its headers)."""
         try:
-            allowed = await self.fixed.hit(item, *key)
+            if await self.fixed.hit(item, *key):
+                # Nobody reads the window of an admitted request: skip a store round trip.
+                return LimitState(True, item.amount, 1, 0.0)
             stats = await self.fixed.get_window_stats(item, *key)
         except Exception as exc:
             log.error("rate_limit_store_unavailable", error=type(exc).__name__)
             raise ServiceUnavailable("The rate-limit store is unavailable.") from exc
-        return LimitState(allowed, item.amount, stats.remaining, stats.reset_time)
+        return LimitState(False, item.amount, stats.remaining, stats.reset_time)
 
     async def peek(self, item: RateLimitItem, *key: str) -> LimitState:
-        """Check without spending."""
+        """Check without spending (one store read: room left means a hit would pass)."""
         try:
-            allowed = await self.strategy.test(item, *key)
             stats = await self.strategy.get_window_stats(item, *key)
         except Exception as exc:
             log.error("rate_limit_store_unavailable", error=type(exc).__name__)
             raise ServiceUnavailable("The rate-limit store is unavailable.") from exc
-        return LimitState(allowed, item.amount, stats.remaining, stats.reset_time)
+        return LimitState(stats.remaining > 0, item.amount, stats.remaining, stats.reset_time)
 
     async def reset(self) -> None:
         """Forget every counter (tests and maintenance)."""

@@ -584,9 +584,11 @@ def _describe_operand(operand: object) -> str:
     return _short.repr(operand)
 
 
-def _evaluate_match(node: MatchRule, ctx: RuleContext) -> tuple[bool, str]:
+def _evaluate_match(node: MatchRule, ctx: RuleContext, explain: bool) -> tuple[bool, str]:
     left, right = _resolve(node.f1, ctx), _resolve(node.f2, ctx)
     outcome, note = _compare(node.eval, left, right)
+    if not explain:
+        return outcome, ""
     shown = [
         _short.repr(value)
         for operand, value in ((node.f1, left), (node.f2, right))
@@ -601,7 +603,7 @@ def _evaluate_match(node: MatchRule, ctx: RuleContext) -> tuple[bool, str]:
     return outcome, _clip(text)
 
 
-def _evaluate_leaf(node: object, ctx: RuleContext) -> tuple[bool, str]:
+def _evaluate_leaf(node: object, ctx: RuleContext, explain: bool) -> tuple[bool, str]:
     if isinstance(node, AllowRule):
         return True, "rule allow"
     if isinstance(node, DenyRule):
@@ -612,7 +614,7 @@ def _evaluate_leaf(node: object, ctx: RuleContext) -> tuple[bool, str]:
             return True, "authenticated: principal has a sub"
         return False, "not authenticated: no sub in args.auth"
     if isinstance(node, MatchRule):
-        return _evaluate_match(node, ctx)
+        return _evaluate_match(node, ctx, explain)
     return False, f"unknown rule node {type(node).__name__}"
 
 
@@ -630,7 +632,7 @@ class _Frame:
     next_child: int = 0
 
 
-def _evaluate_tree(root: object, ctx: RuleContext) -> tuple[bool, str]:
+def _evaluate_tree(root: object, ctx: RuleContext, explain: bool) -> tuple[bool, str]:
     # Explicit stack instead of recursion: trees built in code bypass the depth limit.
     stack = [_Frame(root)]
     result: tuple[bool, str] | None = None
@@ -665,14 +667,15 @@ def _evaluate_tree(root: object, ctx: RuleContext) -> tuple[bool, str]:
             result = (not inner[0], _clip(f"not ({inner[1]})"))
         else:
             stack.pop()
-            result = _evaluate_leaf(node, ctx)
+            result = _evaluate_leaf(node, ctx, explain)
     return result if result is not None else (False, "empty rule")
 
 
-def evaluate_rule(node: RuleNode, ctx: RuleContext) -> tuple[bool, str]:
-    """Evaluate a rule tree; returns the outcome and what decided it, and never raises."""
+def evaluate_rule(node: RuleNode, ctx: RuleContext, explain: bool = True) -> tuple[bool, str]:
+    """Evaluate a rule tree; returns the outcome and what decided it (comparisons are described
+    only when `explain`: the descriptions cost more than the evaluation), and never raises."""
     try:
-        return _evaluate_tree(node, ctx)
+        return _evaluate_tree(node, ctx, explain)
     except Exception as exc:
         # Fails closed for the whole tree: a swallowed error inside a `not` would otherwise
         # turn into a grant.
@@ -688,14 +691,16 @@ class RulePolicy:
     priority: int = 0
 
 
-def evaluate_rules(policies: Sequence[RulePolicy], ctx: RuleContext) -> Decision:
+def evaluate_rules(
+    policies: Sequence[RulePolicy], ctx: RuleContext, explain: bool = True
+) -> Decision:
     """Every rule policy must pass (AND); the first failing one decides the denial."""
     ordered = sorted(policies, key=lambda policy: (-policy.priority, policy.id))
     if not ordered:
         return Decision(True, None, ("no rule policy",))
     passed: list[str] = []
     for policy in ordered:
-        outcome, why = evaluate_rule(policy.node, ctx)
+        outcome, why = evaluate_rule(policy.node, ctx, explain)
         if not outcome:
             return Decision(False, policy.id, (f"rule policy {policy.id} denied: {why}",))
         passed.append(f"rule policy {policy.id} passed: {why}")

@@ -880,6 +880,8 @@ class TestRuleEvaluation:
         assert outcome is expected, why
         assert why
         assert not why.startswith("rule evaluation failed")
+        # The hot path evaluates without descriptions: the outcome must not depend on them.
+        assert evaluate_rule(parse_rule_config(tree), CTX, explain=False)[0] is expected
 
     def test_explanations(self) -> None:
         ctx = RuleContext(auth={"role": "member"}, method="GET", path="/", ip=None, time=0)
@@ -1066,6 +1068,7 @@ class TestRuleProperties:
         assert isinstance(outcome, bool)
         assert why
         assert not why.startswith("rule evaluation failed")
+        assert evaluate_rule(node, ctx, explain=False)[0] is outcome
 
     @PROPERTY
     @given(tree=rule_trees(), ctx=CONTEXTS)
