@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -13,6 +14,7 @@ import structlog
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 from limits.storage import storage_from_string
 from slowapi import Limiter
@@ -92,16 +94,85 @@ class LimitState:
         return headers
 
 
+class MovingWindowMemoryStorage(MemoryStorage):
+    """limits' in-memory moving window keeps an object per hit in a list and inserts each new
+    hit at the front: a copy of the whole window per request (under a 1,000,000/minute policy
+    that grew to megabytes a hit) plus a sweeper thread bisecting every list every 10 ms. Same
+    semantics here with a deque of timestamps per key: O(1) amortised per hit. Fixed windows
+    (the global limit) stay limits' own counters."""
+
+    SWEEP_SECONDS = 10.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.windows: dict[str, tuple[int, deque[float]]] = {}
+        self._swept = time.monotonic()
+
+    def _window(self, key: str, expiry: int, now: float) -> deque[float] | None:
+        entry = self.windows.get(key)
+        if entry is None:
+            return None
+        window = entry[1]
+        horizon = now - expiry
+        while window and window[0] < horizon:  # a hit at exactly now - expiry still counts
+            window.popleft()
+        return window
+
+    def _sweep(self, now: float) -> None:
+        """Forget keys whose every hit has left its window (per-IP keys come and go)."""
+        if time.monotonic() - self._swept < self.SWEEP_SECONDS:
+            return
+        self._swept = time.monotonic()
+        stale = [k for k, (exp, w) in self.windows.items() if not w or w[-1] < now - exp]
+        for key in stale:
+            del self.windows[key]
+
+    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        if amount > limit:
+            return False
+        now = time.time()
+        self._sweep(now)
+        window = self._window(key, expiry, now)
+        if window is None:
+            window = deque()
+            self.windows[key] = (expiry, window)
+        if len(window) + amount > limit:
+            return False
+        window.extend([now] * amount)
+        return True
+
+    async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        now = time.time()
+        window = self._window(key, expiry, now)
+        # As limits' own storage: a hit exactly one period old still blocks `acquire_entry` but
+        # is no longer counted here.
+        first = 0
+        while window is not None and first < len(window) and window[first] <= now - expiry:
+            first += 1
+        if window is None or first == len(window):
+            return now, 0
+        return window[first], len(window) - first
+
+    async def clear(self, key: str) -> None:
+        self.windows.pop(key, None)
+        await super().clear(key)
+
+    async def reset(self) -> int | None:
+        self.windows.clear()
+        return await super().reset()
+
+
 class AsyncLimiter:
     """Moving-window counters shared by every process when Redis backs them."""
 
     def __init__(self, redis_url: str | None) -> None:
-        uri = "async+memory://"
-        if redis_url:
-            uri = "async+" + redis_url if not redis_url.startswith("async+") else redis_url
         self.distributed = redis_url is not None
-        options = {"implementation": "redispy"} if redis_url else {}
-        self.storage = storage_from_string(uri, **options)
+        self.storage: Storage
+        if redis_url:
+            uri = redis_url if redis_url.startswith("async+") else "async+" + redis_url
+            self.storage = cast(Storage, storage_from_string(uri, implementation="redispy"))
+        else:
+            self.storage = MovingWindowMemoryStorage()
         self.strategy = MovingWindowRateLimiter(self.storage)
         self.fixed = FixedWindowRateLimiter(self.storage)
 
