@@ -109,6 +109,32 @@ def actor_digest(actor_id: str | None, actor_email: str | None, ip: str | None) 
     return hashlib.sha256(material.encode()).hexdigest()
 
 
+_DIGESTS: dict[tuple[str | None, str | None, str | None], str] = {}
+
+
+def _cached_actor_digest(actor_id: str | None, actor_email: str | None, ip: str | None) -> str:
+    # One caller makes many requests: the writer hashes each (actor, address) once.
+    key = (actor_id, actor_email, ip)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        if len(_DIGESTS) >= 10_000:
+            _DIGESTS.clear()
+        digest = _DIGESTS[key] = actor_digest(actor_id, actor_email, ip)
+    return digest
+
+
+_PLAIN = (str, int, bool, type(None))
+
+
+def _json_ready(details: dict[str, Any]) -> dict[str, Any]:
+    """`details` as it reads back from the JSON column (what the chain hashes): flat details
+    of plain values already are; anything else goes through JSON once."""
+    if all(type(key) is str and type(value) in _PLAIN for key, value in details.items()):
+        return dict(details)
+    loaded: dict[str, Any] = json.loads(json.dumps(details, default=str))
+    return loaded
+
+
 def link_hash(prev_hash: str, event: AuditEvent | EventRow) -> str:
     """`SHA-256(prev_hash || canonical event)`."""
     return hashlib.sha256(prev_hash.encode() + canonical_event(event)).hexdigest()
@@ -222,14 +248,14 @@ def _event_from(data: EventData) -> EventRow:
         actor_type=data.actor.type,
         actor_id=data.actor.id,
         actor_email=email,
-        actor_digest=actor_digest(data.actor.id, email, ip),
+        actor_digest=_cached_actor_digest(data.actor.id, email, ip),
         action=data.action,
         target_type=data.target_type,
         target_id=data.target_id,
         outcome=data.outcome,
         ip=ip,
         request_id=data.request_id if data.request_id is not None else ctx.request_id,
-        details=json.loads(json.dumps(data.details, default=str)),
+        details=_json_ready(data.details),
         prev_hash=GENESIS,
         hash=GENESIS,
     )

@@ -584,22 +584,46 @@ def _describe_operand(operand: object) -> str:
     return _short.repr(operand)
 
 
+_LABELS: dict[int, tuple[MatchRule, str]] = {}
+
+
+def _match_label(node: MatchRule) -> str:
+    # Constant per node: described once, not per request. Keyed by identity, not equality
+    # (equal nodes may differ in what they show: 1 == 1.0 == True); the entry keeps its node
+    # alive, so an id is never reused while cached.
+    entry = _LABELS.get(id(node))
+    if entry is not None and entry[0] is node:
+        return entry[1]
+    label = f"match {_describe_operand(node.f1)} {node.eval} {_describe_operand(node.f2)}"
+    if len(_LABELS) >= 4096:
+        _LABELS.clear()
+    _LABELS[id(node)] = (node, label)
+    return label
+
+
+_PLAIN_SCALARS: Final = (str, int, float, bool, type(None))
+
+
+def _show(value: object) -> str:
+    """`_short.repr(value)`; short plain scalars, which reprlib leaves as they are, skip it."""
+    if type(value) in _PLAIN_SCALARS:
+        text = repr(value)
+        if len(text) <= 40:  # under every reprlib limit: the same text reprlib would give
+            return text
+    return _short.repr(value)
+
+
 def _evaluate_match(node: MatchRule, ctx: RuleContext, explain: bool) -> tuple[bool, str]:
     left, right = _resolve(node.f1, ctx), _resolve(node.f2, ctx)
     outcome, note = _compare(node.eval, left, right)
     if not explain:
         return outcome, ""
     shown = [
-        _short.repr(value)
-        for operand, value in ((node.f1, left), (node.f2, right))
-        if _is_field(operand)
+        _show(value) for operand, value in ((node.f1, left), (node.f2, right)) if _is_field(operand)
     ]
     if note:
         shown.append(note)
-    text = (
-        f"match {_describe_operand(node.f1)} {node.eval} {_describe_operand(node.f2)} "
-        f"was {'true' if outcome else 'false'} ({', '.join(shown)})"
-    )
+    text = f"{_match_label(node)} was {'true' if outcome else 'false'} ({', '.join(shown)})"
     return outcome, _clip(text)
 
 

@@ -4,6 +4,7 @@ growing without bound, and a tenant deleted while its events were queued blocks 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import pytest
@@ -155,3 +156,22 @@ async def test_a_query_waits_for_room_in_the_trail(client, tenant, runtime, monk
     finally:
         monkeypatch.undo()
         await flush()
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        {"endpoint": "e", "allowed": True, "n": 3, "policy": None},
+        {1: "int key", "x": "y"},
+        {"ratio": 0.5, "big": 10**30},
+        {"id": uuid.UUID(int=7), "nested": {"a": [1, (2, 3)]}},
+        {"when": audit_service.utcnow(), "tags": ("a", "b")},
+        {},
+    ],
+)
+def test_details_are_stored_as_json_reads_them_back(details):
+    # The chain hashes `details` as written: it must equal what the JSON column returns.
+    expected = json.loads(json.dumps(details, default=str))
+    ready = audit_service._json_ready(details)
+    assert ready == expected
+    assert json.dumps(ready, sort_keys=True) == json.dumps(expected, sort_keys=True)

@@ -898,6 +898,12 @@ class TestRuleEvaluation:
         )
         assert inverted == "not (rule deny)"
 
+    def test_equal_looking_literals_keep_their_own_explanations(self) -> None:
+        # 1 == 1.0 == True in Python: a description cached by equality would mix them up.
+        for literal, shown in ((1, "1"), (1.0, "1.0"), (True, "True"), (3, "3")):
+            _, why = evaluate_rule(parse_rule_config(match("==", "args.auth.level", literal)), CTX)
+            assert why.startswith(f"match args.auth.level == {shown} was "), why
+
     def test_and_reports_first_false_clause_and_short_circuits(self) -> None:
         tree = {
             "rule": "and",
