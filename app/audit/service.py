@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import logging
+import operator
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -202,14 +204,15 @@ class _DriverInsert:
         return cls(f"{head} VALUES ", group, compiled.string, names, processors, positional)
 
     def _values(self, rows: Sequence[EventRow]) -> list[tuple[Any, ...]]:
-        pairs = tuple(zip(self.names, self.processors, strict=True))
-        return [
-            tuple(
-                getattr(row, name) if proc is None else proc(getattr(row, name))
-                for name, proc in pairs
-            )
-            for row in rows
-        ]
+        read = operator.attrgetter(*self.names)
+        convert = [(i, proc) for i, proc in enumerate(self.processors) if proc is not None]
+        values = []
+        for row in rows:
+            raw: list[Any] = list(read(row))
+            for i, proc in convert:
+                raw[i] = proc(raw[i])
+            values.append(tuple(raw))
+        return values
 
     async def execute(self, connection: AsyncConnection, rows: Sequence[EventRow]) -> None:
         """Insert `rows` in as few driver calls as the driver allows."""
@@ -222,7 +225,7 @@ class _DriverInsert:
         for start in range(0, len(values), step):
             chunk = values[start : start + step]
             sql = self.head + ", ".join([self.group] * len(chunk))
-            flat = tuple(value for row in chunk for value in row)
+            flat = tuple(itertools.chain.from_iterable(chunk))
             await connection.exec_driver_sql(sql, flat)
 
 
@@ -291,16 +294,18 @@ async def append_events(session: AsyncSession, events: Sequence[EventData]) -> l
     try:
         for key in sorted(by_chain):  # fixed order: two writers never lock heads crosswise
             head = await _lock_head(session, key)
+            # Linked in locals: every attribute set on the ORM head costs microseconds.
+            seq, last_hash = head.seq, head.last_hash
             for count, data in enumerate(by_chain[key], 1):
                 if count % YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # a big batch must not stall the requests in flight
                 event = _event_from(data)
-                head.seq += 1
-                event.seq = head.seq
-                event.prev_hash = head.last_hash
-                event.hash = link_hash(head.last_hash, event)
-                head.last_hash = event.hash
+                seq += 1
+                event.seq = seq
+                event.prev_hash = last_hash
+                last_hash = event.hash = link_hash(last_hash, event)
                 rows.append(event)
+            head.seq, head.last_hash = seq, last_hash
             session.add(head)
         await session.flush()
         if rows:

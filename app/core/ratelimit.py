@@ -14,8 +14,7 @@ import structlog
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, Storage
-from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+from limits.aio.storage import MemoryStorage, MovingWindowSupport, Storage
 from limits.storage import storage_from_string
 from slowapi import Limiter
 from slowapi.errors import RateLimitExceeded
@@ -119,13 +118,31 @@ class MovingWindowMemoryStorage(MemoryStorage):
         return window
 
     def _sweep(self, now: float) -> None:
-        """Forget keys whose every hit has left its window (per-IP keys come and go)."""
+        """Forget windows whose every hit has left them and counters past their expiry (per-IP
+        keys come and go)."""
         if time.monotonic() - self._swept < self.SWEEP_SECONDS:
             return
         self._swept = time.monotonic()
         stale = [k for k, (exp, w) in self.windows.items() if not w or w[-1] < now - exp]
         for key in stale:
             del self.windows[key]
+        expired = [key for key, at in self.expirations.items() if at <= now]
+        for key in expired:
+            self.storage.pop(key, None)
+            del self.expirations[key]
+
+    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        """limits' fixed-window counter without its lock, its extra reads and its sweeper task
+        (nothing here awaits, so nothing can interleave)."""
+        now = time.time()
+        self._sweep(now)
+        if self.expirations.get(key, 0) <= now:  # a new or expired window starts over
+            self.storage.pop(key, None)
+            self.expirations.pop(key, None)
+        value = self.storage[key] = self.storage.get(key, 0) + amount
+        if value == amount:
+            self.expirations[key] = now + expiry
+        return value
 
     async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
         if amount > limit:
@@ -163,7 +180,12 @@ class MovingWindowMemoryStorage(MemoryStorage):
 
 
 class AsyncLimiter:
-    """Moving-window counters shared by every process when Redis backs them."""
+    """Moving windows (policies) and fixed windows (the global limit) on a `limits.aio`
+    storage: Redis when configured, so every process shares one count, else this process's
+    memory. The storage is called directly with keys built once: limits' strategy classes
+    rebuilt the key string on every call and add nothing else."""
+
+    KEY_CACHE_SIZE = 50_000
 
     def __init__(self, redis_url: str | None) -> None:
         self.distributed = redis_url is not None
@@ -173,44 +195,59 @@ class AsyncLimiter:
             self.storage = cast(Storage, storage_from_string(uri, implementation="redispy"))
         else:
             self.storage = MovingWindowMemoryStorage()
-        self.strategy = MovingWindowRateLimiter(self.storage)
-        self.fixed = FixedWindowRateLimiter(self.storage)
+        self.moving = cast(MovingWindowSupport, self.storage)
+        self._keys: dict[tuple[str, RateLimitItem, tuple[str, ...]], str] = {}
 
-    async def hit(self, item: RateLimitItem, *key: str) -> LimitState:
+    def _key(self, item: RateLimitItem, ids: tuple[str, ...]) -> str:
+        cached = (item.namespace, item, ids)
+        key = self._keys.get(cached)
+        if key is None:
+            if len(self._keys) >= self.KEY_CACHE_SIZE:
+                self._keys.clear()
+            key = self._keys[cached] = item.key_for(*ids)
+        return key
+
+    async def hit(self, item: RateLimitItem, *ids: str) -> LimitState:
         """Spend one unit if available; fail closed when the shared store is unreachable."""
+        key, expiry = self._key(item, ids), item.get_expiry()
         try:
-            allowed = await self.strategy.hit(item, *key)
-            stats = await self.strategy.get_window_stats(item, *key)
+            allowed = await self.moving.acquire_entry(key, item.amount, expiry)
+            start, count = await self.moving.get_moving_window(key, item.amount, expiry)
         except Exception as exc:
-            log.error("rate_limit_store_unavailable", error=type(exc).__name__)
-            raise ServiceUnavailable("The rate-limit store is unavailable.") from exc
-        return LimitState(allowed, item.amount, stats.remaining, stats.reset_time)
+            raise _unavailable(exc) from exc
+        return LimitState(allowed, item.amount, item.amount - count, start + expiry)
 
-    async def hit_fixed(self, item: RateLimitItem, *key: str) -> LimitState:
+    async def peek(self, item: RateLimitItem, *ids: str) -> LimitState:
+        """Check without spending (one store read: room left means a hit would pass)."""
+        key, expiry = self._key(item, ids), item.get_expiry()
+        try:
+            start, count = await self.moving.get_moving_window(key, item.amount, expiry)
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+        return LimitState(count < item.amount, item.amount, item.amount - count, start + expiry)
+
+    async def hit_fixed(self, item: RateLimitItem, *ids: str) -> LimitState:
         """A cheaper fixed-window hit (the global per-IP limit); fails closed like `hit`. The
         window figures are read only for a refusal (its headers)."""
+        key = self._key(item, ids)
         try:
-            if await self.fixed.hit(item, *key):
-                # Nobody reads the window of an admitted request: skip a store round trip.
+            if await self.storage.incr(key, item.get_expiry()) <= item.amount:
                 return LimitState(True, item.amount, 1, 0.0)
-            stats = await self.fixed.get_window_stats(item, *key)
+            count = await self.storage.get(key)
+            reset_at = await self.storage.get_expiry(key)
         except Exception as exc:
-            log.error("rate_limit_store_unavailable", error=type(exc).__name__)
-            raise ServiceUnavailable("The rate-limit store is unavailable.") from exc
-        return LimitState(False, item.amount, stats.remaining, stats.reset_time)
-
-    async def peek(self, item: RateLimitItem, *key: str) -> LimitState:
-        """Check without spending (one store read: room left means a hit would pass)."""
-        try:
-            stats = await self.strategy.get_window_stats(item, *key)
-        except Exception as exc:
-            log.error("rate_limit_store_unavailable", error=type(exc).__name__)
-            raise ServiceUnavailable("The rate-limit store is unavailable.") from exc
-        return LimitState(stats.remaining > 0, item.amount, stats.remaining, stats.reset_time)
+            raise _unavailable(exc) from exc
+        return LimitState(False, item.amount, item.amount - count, reset_at)
 
     async def reset(self) -> None:
         """Forget every counter (tests and maintenance)."""
+        self._keys.clear()
         await cast(Any, self.storage).reset()
+
+
+def _unavailable(exc: Exception) -> ServiceUnavailable:
+    log.error("rate_limit_store_unavailable", error=type(exc).__name__)
+    return ServiceUnavailable("The rate-limit store is unavailable.")
 
 
 def parse_limit(text: str) -> RateLimitItem:

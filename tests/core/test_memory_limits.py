@@ -1,4 +1,5 @@
-"""The in-process moving window: limits' semantics, without a copy of the window per hit."""
+"""The in-process rate-limit storage: limits' semantics (checked against limits' own memory
+storage), without a copy of the window per hit or a lock per counter."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 import pytest
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
 from app.core.ratelimit import AsyncLimiter, MovingWindowMemoryStorage
 
@@ -101,3 +102,44 @@ async def test_a_busy_window_is_appended_at_its_end(clock: Clock) -> None:
     window = storage.windows[item.key_for("busy")][1]
     assert len(window) == 50_000
     assert list(window) == sorted(window)  # appended at the right end, oldest first
+
+
+async def test_fixed_windows_agree_with_limits_own_memory_storage(clock: Clock) -> None:
+    ours = FixedWindowRateLimiter(MovingWindowMemoryStorage())
+    theirs = FixedWindowRateLimiter(MemoryStorage())
+    rng = random.Random(6749)
+    items = [RateLimitItemPerSecond(4, 2), RateLimitItemPerSecond(30, 60)]
+    for step in range(3_000):
+        clock.now += rng.choice((0.0, 0.05, 0.3, 1.0, 2.0))
+        item, key = rng.choice(items), rng.choice(("a", "b", "c"))
+        assert await ours.hit(item, key) == await theirs.hit(item, key), step
+        mine, reference = (
+            await ours.get_window_stats(item, key),
+            await theirs.get_window_stats(item, key),
+        )
+        assert (mine.remaining, mine.reset_time) == (reference.remaining, reference.reset_time)
+
+
+async def test_global_limit_refusal_reports_its_window(clock: Clock) -> None:
+    limiter = AsyncLimiter(None)
+    item = RateLimitItemPerSecond(2, 60)
+    assert (await limiter.hit_fixed(item, "global", "10.0.0.1")).allowed
+    assert (await limiter.hit_fixed(item, "global", "10.0.0.1")).allowed
+    refused = await limiter.hit_fixed(item, "global", "10.0.0.1")
+    assert not refused.allowed
+    assert refused.headers()["X-RateLimit-Remaining"] == "0"
+    assert refused.reset_at == pytest.approx(clock.now + 60)
+    assert (await limiter.hit_fixed(item, "global", "10.0.0.2")).allowed  # per address
+    clock.now += 60.001
+    assert (await limiter.hit_fixed(item, "global", "10.0.0.1")).allowed  # a new window
+
+
+async def test_expired_counters_are_forgotten(clock: Clock) -> None:
+    storage = MovingWindowMemoryStorage()
+    for n in range(50):
+        await storage.incr(f"ip-{n}", 10)
+    clock.now += 11
+    storage._swept -= storage.SWEEP_SECONDS
+    await storage.incr("ip-new", 10)
+    assert set(storage.storage) == {"ip-new"}
+    assert set(storage.expirations) == {"ip-new"}
