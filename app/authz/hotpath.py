@@ -17,7 +17,7 @@ import re
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -90,29 +90,49 @@ class DecisionRoutes:
         try:
             if route == "check":
                 principal = await current_principal(request, runtime)
-                data = await _check_request(request)
+                data = await _check_request(scope, receive)
                 result = await service.check(runtime, principal, data)
-                response = Response(result.model_dump_json(), media_type="application/json")
-            else:
-                scope["path_params"]["slug"] = route
-                principal = await current_principal(request, runtime)
-                response = await service.query(runtime, request, principal, route)
+                await _send_json(send, result.model_dump_json().encode())
+                return
+            scope["path_params"]["slug"] = route
+            principal = await current_principal(request, runtime)
+            response = await service.query(runtime, request, principal, route)
         except AppError as exc:
             response = app_error_response(request, exc)
         except RequestValidationError as exc:
             response = validation_error_response(request, exc)
         except BodyTooLarge:
             raise  # the request-context middleware answers 413
+        except ClientDisconnect:
+            return  # nobody to answer; not a server error
         except Exception as exc:
             response = internal_error_response(request, exc)
         await response(scope, receive, send)
 
 
-async def _check_request(request: Request) -> CheckRequest:
+async def _send_json(send: Send, body: bytes) -> None:
+    """A 200 JSON answer, without building a Starlette response."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _check_request(scope: Scope, receive: Receive) -> CheckRequest:
     """The body of `/authz/check`, validated as FastAPI would (422 naming the field)."""
-    if not _is_json(request.scope):
+    if not _is_json(scope):
         raise RequestValidationError(_NOT_JSON)
-    body = await request.body()
+    body = await _read_body(receive)
     try:
         return CheckRequest.model_validate_json(body)
     except ValidationError as exc:

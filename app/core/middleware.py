@@ -31,23 +31,25 @@ _SAFE_ID = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
 MAX_BODY_BYTES = 1024 * 1024
 
 
-def client_ip(scope: Scope, trust_forwarded_for: bool) -> str | None:
-    """The caller's address; X-Forwarded-For only when a trusted proxy sets it."""
-    if trust_forwarded_for:
-        for name, value in scope.get("headers", []):
-            if name == b"x-forwarded-for":
-                first = value.decode("latin-1").split(",")[0].strip()
-                if first:
-                    return first[:64]
+def _client_ip(scope: Scope, forwarded_for: str | None) -> str | None:
+    """The caller's address: the first X-Forwarded-For hop when given (only from a trusted
+    proxy), else the peer."""
+    if forwarded_for:
+        first = forwarded_for.split(",")[0].strip()
+        if first:
+            return first[:64]
     client = scope.get("client")
     return client[0] if client else None
 
 
-def _header(scope: Scope, wanted: bytes) -> str | None:
-    for name, value in scope.get("headers", []):
-        if name == wanted:
-            return str(value.decode("latin-1"))
-    return None
+# Added to every response unless the route set them (cache-control included: no-store).
+_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cache-control", b"no-store"),
+)
+_SECURE_HEADERS = (*_HEADERS, (b"strict-transport-security", b"max-age=63072000"))
 
 
 class RequestContextMiddleware:
@@ -70,13 +72,20 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = _header(scope, b"x-request-id")
+        incoming = user_agent = declared = forwarded = None
+        for name, value in scope["headers"]:  # one pass; the first of repeated headers counts
+            if name == b"x-request-id":
+                incoming = incoming or value.decode("latin-1")
+            elif name == b"user-agent":
+                user_agent = user_agent or value.decode("latin-1")
+            elif name == b"content-length":
+                declared = declared or value.decode("latin-1")
+            elif name == b"x-forwarded-for":
+                forwarded = forwarded or value.decode("latin-1")
         request_id = incoming if incoming and _SAFE_ID.match(incoming) else new_request_id()
-        ip = client_ip(scope, self.trust_forwarded_for)
+        ip = _client_ip(scope, forwarded if self.trust_forwarded_for else None)
         scope.setdefault("state", {})["request_id"] = request_id
-        set_request_context(
-            RequestContext(request_id=request_id, ip=ip, user_agent=_header(scope, b"user-agent"))
-        )
+        set_request_context(RequestContext(request_id=request_id, ip=ip, user_agent=user_agent))
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
@@ -84,7 +93,6 @@ class RequestContextMiddleware:
         path: str = scope.get("path", "")
         https = scope.get("scheme") == "https" or self.hsts
 
-        declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await _too_large(send, request_id)
             return
@@ -106,17 +114,11 @@ class RequestContextMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 names = {name.lower() for name, _ in headers}
-                extra = [
-                    (b"x-request-id", request_id.encode()),
-                    (b"x-content-type-options", b"nosniff"),
-                    (b"referrer-policy", b"no-referrer"),
-                    (b"x-frame-options", b"DENY"),
-                ]
-                if b"cache-control" not in names:
-                    extra.append((b"cache-control", b"no-store"))
-                if https:
-                    extra.append((b"strict-transport-security", b"max-age=63072000"))
-                message["headers"] = headers + [h for h in extra if h[0] not in names]
+                if b"x-request-id" not in names:
+                    headers.append((b"x-request-id", request_id.encode()))
+                extra = _SECURE_HEADERS if https else _HEADERS
+                headers.extend(h for h in extra if h[0] not in names)
+                message["headers"] = headers
             await send(message)
 
         try:
