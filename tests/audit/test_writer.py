@@ -175,3 +175,15 @@ def test_details_are_stored_as_json_reads_them_back(details):
     ready = audit_service._json_ready(details)
     assert ready == expected
     assert json.dumps(ready, sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+
+def test_event_ids_are_time_ordered_uuid7(monkeypatch):
+    ids = []
+    for ms in (1_700_000_000_000, 1_700_000_000_001, 1_700_000_000_002):
+        monkeypatch.setattr(audit_service.time, "time_ns", lambda ms=ms: ms * 1_000_000)
+        ids.append(audit_service.time_ordered_id())
+    assert [i.version for i in ids] == [7, 7, 7]
+    assert all(i.variant == uuid.RFC_4122 for i in ids)
+    assert [i.int >> 80 for i in ids] == [1_700_000_000_000, 1_700_000_000_001, 1_700_000_000_002]
+    assert sorted(ids, key=lambda i: i.hex) == ids  # the stored form sorts by time
+    assert len({audit_service.time_ordered_id() for _ in range(10_000)}) == 10_000
