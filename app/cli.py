@@ -274,7 +274,7 @@ async def serve_both(
 
     from app.internal import create_internal_app
     from app.main import create_app
-    from app.runtime import Runtime
+    from app.runtime import Runtime, settle_heap
 
     class _Server(uvicorn.Server):
         # uvicorn would install process-wide signal handlers per server, each replacing the
@@ -299,6 +299,7 @@ async def serve_both(
         _Server(config(create_app(settings, runtime), host, port)),
         _Server(config(create_internal_app(settings, runtime), internal_host, internal_port)),
     ]
+    settle_heap()
 
     def stop() -> None:
         for server in servers:
