@@ -19,6 +19,7 @@ import json
 import logging
 import operator
 import os
+import random
 import re
 import time
 import uuid
@@ -249,12 +250,16 @@ def _driver_insert(dialect: Dialect) -> _DriverInsert:
 def time_ordered_id() -> uuid.UUID:
     """A UUIDv7 (RFC 9562: 48-bit millisecond time, then randomness): audit rows arrive in
     time order, so their primary-key index grows at its end instead of splitting random pages."""
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10)) & _RAND_BITS
+    value = (time.time_ns() // 1_000_000) << 80 | _ids.getrandbits(80) & _RAND_BITS
     return uuid.UUID(int=value | _V7_BITS)
 
 
 _RAND_BITS = (1 << 80) - 1 & ~(0xF << 76) & ~(0x3 << 62)
 _V7_BITS = 0x7 << 76 | 0x2 << 62
+# Ids must be unique, not secret: a generator seeded from the OS (reseeded in forked children,
+# which would otherwise repeat their parent's sequence) instead of a system call per event.
+_ids = random.Random(os.urandom(32))  # noqa: S311
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
 
 def _event_from(data: EventData) -> EventRow:

@@ -492,6 +492,11 @@ _short.maxdict = 5
 _short.maxlevel = 3
 
 
+@functools.lru_cache(maxsize=4096)
+def _claim_path(operand: str) -> tuple[str, ...]:
+    return tuple(operand[len("args.auth.") :].split("."))
+
+
 def _resolve(operand: object, ctx: RuleContext) -> object:
     if not _is_field(operand):
         return operand
@@ -505,7 +510,7 @@ def _resolve(operand: object, ctx: RuleContext) -> object:
     if operand == "args.time":
         return ctx.time
     current: object = ctx.auth
-    for segment in operand[len("args.auth.") :].split("."):
+    for segment in _claim_path(operand):
         if not isinstance(current, Mapping) or segment not in current:
             return _MISSING
         current = current[segment]
@@ -513,6 +518,8 @@ def _resolve(operand: object, ctx: RuleContext) -> object:
 
 
 def _kind(value: object) -> str:
+    if isinstance(value, str):  # the common case first
+        return "string"
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -568,7 +575,8 @@ def _compare(op: str, a: object, b: object) -> tuple[bool, str]:
     if op in ("in", "notIn"):
         if not isinstance(b, list | tuple):
             return False, "not a list"
-        found = any(_equal(a, item) for item in b)
+        # A string equals only strings, so `in` (C speed) is already type-aware for one.
+        found = a in b if type(a) is str else any(_equal(a, item) for item in b)
         return (found if op == "in" else not found), ""
     # contains
     if isinstance(a, list | tuple):
@@ -657,6 +665,8 @@ class _Frame:
 
 
 def _evaluate_tree(root: object, ctx: RuleContext, explain: bool) -> tuple[bool, str]:
+    if not isinstance(root, AndRule | OrRule | NotRule):
+        return _evaluate_leaf(root, ctx, explain)  # a lone leaf needs no stack
     # Explicit stack instead of recursion: trees built in code bypass the depth limit.
     stack = [_Frame(root)]
     result: tuple[bool, str] | None = None

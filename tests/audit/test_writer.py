@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 
 import pytest
@@ -187,3 +188,16 @@ def test_event_ids_are_time_ordered_uuid7(monkeypatch):
     assert [i.int >> 80 for i in ids] == [1_700_000_000_000, 1_700_000_000_001, 1_700_000_000_002]
     assert sorted(ids, key=lambda i: i.hex) == ids  # the stored form sorts by time
     assert len({audit_service.time_ordered_id() for _ in range(10_000)}) == 10_000
+
+
+def test_forked_workers_do_not_repeat_event_ids():
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child draws the bits its parent is about to draw, unless reseeded
+        os.write(write_end, audit_service._ids.getrandbits(64).to_bytes(8))
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = int.from_bytes(os.read(read_end, 8))
+    os.close(read_end)
+    os.close(write_end)
+    assert child != audit_service._ids.getrandbits(64)
