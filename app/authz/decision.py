@@ -29,7 +29,19 @@ class Subject:
 
     @classmethod
     def of(cls, principal: Principal) -> Subject:
-        """The subject of an authenticated principal."""
+        """The subject of an authenticated principal (made once per principal object: a cached
+        token yields the same principal on each of its requests)."""
+        entry = _SUBJECTS.get(id(principal))
+        if entry is not None and entry[0] is principal:
+            return entry[1]
+        subject = cls._build(principal)
+        if len(_SUBJECTS) >= 10_000:
+            _SUBJECTS.clear()
+        _SUBJECTS[id(principal)] = (principal, subject)  # holding it: its id is not reused
+        return subject
+
+    @classmethod
+    def _build(cls, principal: Principal) -> Subject:
         claims = dict(principal.claims)
         claims.setdefault("sub", f"{principal.kind}:{principal.id}")
         claims.setdefault("email", principal.email)
@@ -43,6 +55,9 @@ class Subject:
             scopes=principal.scopes,
             claims=claims,
         )
+
+
+_SUBJECTS: dict[int, tuple[Principal, Subject]] = {}
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,10 @@ from typing import Any
 
 import structlog
 
+# Log context bound per request besides `request_id` (by `app.auth.deps`); the request-context
+# middleware unbinds them when a request starts.
+REQUEST_LOG_KEYS = ("tenant", "principal")
+
 _SECRET_KEYS = re.compile(
     r"(password|secret|token|authorization|api[_-]?key|cookie|credential|value)", re.I
 )

@@ -13,6 +13,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.context import RequestContext, set_request_context
+from app.core.logging import REQUEST_LOG_KEYS
 
 log = structlog.get_logger("warden.access")
 _access_log = logging.getLogger("warden.access")
@@ -86,8 +87,10 @@ class RequestContextMiddleware:
         ip = _client_ip(scope, forwarded if self.trust_forwarded_for else None)
         scope.setdefault("state", {})["request_id"] = request_id
         set_request_context(RequestContext(request_id=request_id, ip=ip, user_agent=user_agent))
-        structlog.contextvars.clear_contextvars()
+        # Not clear_contextvars(), which walks the whole context: a server gives each request a
+        # fresh copy anyway; these keys cover a caller that reuses one (in-process clients).
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        structlog.contextvars.unbind_contextvars(*REQUEST_LOG_KEYS)
         started = time.perf_counter()
         status = 500
         path: str = scope.get("path", "")
@@ -108,6 +111,10 @@ class RequestContextMiddleware:
                     raise BodyTooLarge
             return message
 
+        # With a Content-Length (checked above) the server delivers no more than that many bytes;
+        # only a chunked body has to be counted as it arrives.
+        guarded = receive if declared is not None and declared.isdigit() else limited_receive
+
         async def send_with_headers(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
@@ -122,7 +129,7 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, send_with_headers)
+            await self.app(scope, guarded, send_with_headers)
         except BodyTooLarge:
             await _too_large(send, request_id)
             status = 413
