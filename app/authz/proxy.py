@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 from fastapi import Request
 from starlette.background import BackgroundTask
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from app.auth.principal import Principal
 from app.authz.cache import CompiledEndpoint
@@ -60,7 +60,7 @@ async def forward(
     endpoint: CompiledEndpoint,
     principal: Principal,
     allowed_hosts: list[str],
-) -> tuple[StreamingResponse, int]:
+) -> tuple[Response, int]:
     """Stream the body to the upstream and its answer back; 502/504 on failure."""
     assert endpoint.upstream_url is not None  # noqa: S101  (callers check)
     try:
@@ -74,11 +74,13 @@ async def forward(
             if chunk:
                 yield chunk
 
+    # Small bodies (the usual query) travel whole; large or unsized ones are streamed both ways.
+    content = await request.body() if _small(request.headers.get("content-length")) else body()
     upstream_request = client.build_request(
         "POST",
         endpoint.upstream_url,
         headers=upstream_headers(request, endpoint, principal),
-        content=body(),
+        content=content,
     )
     try:
         upstream = await client.send(upstream_request, stream=True)
@@ -89,6 +91,18 @@ async def forward(
     headers = {
         name: value for name, value in upstream.headers.items() if name.lower() not in HOP_BY_HOP
     }
+    if _small(upstream.headers.get("content-length")):
+        try:
+            raw = b"".join([chunk async for chunk in upstream.aiter_raw()])  # still encoded
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout() from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError() from exc
+        finally:
+            await upstream.aclose()
+        return Response(
+            raw, status_code=upstream.status_code, headers=headers
+        ), upstream.status_code
     response = StreamingResponse(
         upstream.aiter_raw(),
         status_code=upstream.status_code,
@@ -96,3 +110,15 @@ async def forward(
         background=BackgroundTask(upstream.aclose),
     )
     return response, upstream.status_code
+
+
+BUFFERED_BODY_BYTES = 64 * 1024
+
+
+def _small(content_length: str | None) -> bool:
+    """A declared length small enough to hold in memory (no length: stream it)."""
+    return (
+        content_length is not None
+        and content_length.isdigit()
+        and (int(content_length) <= BUFFERED_BODY_BYTES)
+    )
