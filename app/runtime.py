@@ -94,7 +94,10 @@ class Runtime:
             http=httpx.AsyncClient(
                 timeout=httpx.Timeout(settings.upstream_timeout_seconds),
                 follow_redirects=False,
-                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                limits=httpx.Limits(
+                    max_connections=settings.upstream_max_connections,
+                    max_keepalive_connections=settings.upstream_max_connections,
+                ),
                 trust_env=False,
                 # One client serves every tenant and user: an upstream's Set-Cookie must never
                 # be replayed on someone else's request, so the jar accepts no cookie at all.
