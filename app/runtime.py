@@ -22,6 +22,7 @@ from app.auth.keys import SigningKeyring
 from app.auth.revocation import RevocationStore
 from app.authz.bindings import BindingIndex
 from app.authz.cache import ApiKeyCache, EndpointCache
+from app.authz.upstream import UpstreamTransport
 from app.core.config import Settings
 from app.core.crypto import KeyRing
 from app.core.db import make_engine
@@ -94,10 +95,7 @@ class Runtime:
             http=httpx.AsyncClient(
                 timeout=httpx.Timeout(settings.upstream_timeout_seconds),
                 follow_redirects=False,
-                limits=httpx.Limits(
-                    max_connections=settings.upstream_max_connections,
-                    max_keepalive_connections=settings.upstream_max_connections,
-                ),
+                transport=UpstreamTransport(max_connections=settings.upstream_max_connections),
                 trust_env=False,
                 # One client serves every tenant and user: an upstream's Set-Cookie must never
                 # be replayed on someone else's request, so the jar accepts no cookie at all.

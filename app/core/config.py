@@ -86,9 +86,9 @@ class Settings(BaseSettings):
     argon2_memory_cost: int = Field(default=65_536, ge=8)
     argon2_parallelism: int = Field(default=4, ge=1)
     upstream_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
-    # Connections to upstreams, per process. httpcore scans its whole pool on every request
-    # (and polls each idle socket), so a pool sized to the load is faster than a large one.
-    upstream_max_connections: int = Field(default=16, ge=1, le=1_000)
+    # Open connections to upstreams per process (callers beyond it wait for a free one, within
+    # the upstream timeout).
+    upstream_max_connections: int = Field(default=64, ge=1, le=10_000)
     # Trusted issuers' JWKS: total fetch deadline, floor between unknown-kid refetches (and
     # between retries of a failing IdP), and how long expired keys serve while the IdP is down.
     jwks_timeout_seconds: float = Field(default=3.0, gt=0, le=30)
