@@ -25,6 +25,7 @@ from app.policies.engine import (
     RateLimitConfig,
     RulePolicy,
     parse_rule_config,
+    reads_clock,
 )
 from app.policies.models import Policy
 from app.secrets.service import decrypt_credential, find_credential
@@ -65,6 +66,11 @@ class CompiledEndpoint:
     def id_text(self) -> str:
         """`str(id)`, made once: counter keys and audit rows need it on every request."""
         return str(self.id)
+
+    @cached_property
+    def reads_clock(self) -> bool:
+        """Whether a rule policy reads `args.time` (its decisions cannot be remembered)."""
+        return any(reads_clock(rule.node) for rule in self.rules)
 
     @cached_property
     def tenant_text(self) -> str:

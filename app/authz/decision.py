@@ -69,7 +69,7 @@ class RequestFacts:
     ip: str | None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Verdict:
     """The outcome and its explanation."""
 
@@ -92,10 +92,41 @@ def may_query(subject: Subject, scope: str = "endpoints:query") -> Verdict | Non
 
 
 def evaluate(
-    endpoint: CompiledEndpoint, subject: Subject, facts: RequestFacts, *, explain: bool = False
+    endpoint: CompiledEndpoint,
+    subject: Subject,
+    facts: RequestFacts,
+    *,
+    explain: bool = False,
+    remember: bool = True,
 ) -> Verdict:
     """Endpoint state, access and rule policies (no rate limits). Rule comparisons are described
-    in the reasons only when `explain` (an admin's `/authz/check`): nobody else sees them."""
+    in the reasons only when `explain` (an admin's `/authz/check`): nobody else sees them.
+
+    The verdict is a pure function of the compiled endpoint, the subject and the request facts
+    (unless a rule reads the clock), and both objects are cached and replaced, never changed:
+    a caller asking the same endpoint the same way again gets the remembered verdict. A policy
+    change compiles a new endpoint object, so it is never answered from an old verdict."""
+    if not remember or endpoint.reads_clock:
+        return _evaluate(endpoint, subject, facts, explain)
+    key = (id(endpoint), id(subject), facts.method, facts.path, facts.ip, explain)
+    entry = _VERDICTS.get(key)
+    if entry is not None and entry[0] is endpoint and entry[1] is subject:
+        return entry[2]
+    verdict = _evaluate(endpoint, subject, facts, explain)
+    if len(_VERDICTS) >= 10_000:
+        _VERDICTS.clear()
+    _VERDICTS[key] = (endpoint, subject, verdict)  # holding both: their ids are not reused
+    return verdict
+
+
+_VERDICTS: dict[
+    tuple[int, int, str, str, str | None, bool], tuple[CompiledEndpoint, Subject, Verdict]
+] = {}
+
+
+def _evaluate(
+    endpoint: CompiledEndpoint, subject: Subject, facts: RequestFacts, explain: bool
+) -> Verdict:
     if not endpoint.is_active:
         return Verdict(False, "endpoint_disabled", None, ["endpoint is disabled"])
     access = evaluate_access(endpoint.access, subject.email)

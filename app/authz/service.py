@@ -152,7 +152,9 @@ async def check(runtime: Runtime, principal: Principal, data: CheckRequest) -> C
     subject = _what_if_subject(principal, data) if data.as_ else Subject.of(principal)
     ip = current_request().ip
     facts = RequestFacts(method=data.method, path=data.path or f"/endpoints/{endpoint.slug}", ip=ip)
-    verdict = may_query(subject) or evaluate(endpoint, subject, facts, explain=is_admin)
+    verdict = may_query(subject) or evaluate(
+        endpoint, subject, facts, explain=is_admin, remember=data.as_ is None
+    )
     if verdict.allowed:
         limited = await check_limits(runtime.limiter, endpoint, subject, ip, spend=False)
         if limited is not None and not limited.allowed:

@@ -52,6 +52,7 @@ __all__ = [
     "evaluate_rules",
     "normalize_email",
     "parse_rule_config",
+    "reads_clock",
     "rule_config_adapter",
     "validate_email_pattern",
     "validate_policy_configuration",
@@ -394,6 +395,17 @@ def _child_nodes(node: object) -> list[object]:
     if isinstance(node, AndRule | OrRule):
         return list(node.clauses)
     return []
+
+
+def reads_clock(node: RuleNode) -> bool:
+    """Whether a rule tree looks at `args.time` (its outcome may then change on its own)."""
+    stack: list[object] = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, MatchRule) and "args.time" in (current.f1, current.f2):
+            return True
+        stack.extend(_child_nodes(current))
+    return False
 
 
 def _check_tree_limits(data: object) -> object:
