@@ -9,7 +9,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
@@ -22,7 +21,7 @@ from app.auth.keys import SigningKeyring
 from app.auth.revocation import RevocationStore
 from app.authz.bindings import BindingIndex
 from app.authz.cache import ApiKeyCache, EndpointCache
-from app.authz.upstream import UpstreamTransport
+from app.authz.upstream import NoCookies, UpstreamTransport
 from app.core.config import Settings
 from app.core.crypto import KeyRing
 from app.core.db import make_engine
@@ -97,9 +96,7 @@ class Runtime:
                 follow_redirects=False,
                 transport=UpstreamTransport(max_connections=settings.upstream_max_connections),
                 trust_env=False,
-                # One client serves every tenant and user: an upstream's Set-Cookie must never
-                # be replayed on someone else's request, so the jar accepts no cookie at all.
-                cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+                cookies=NoCookies(),
             ),
             endpoints=EndpointCache(sessionmaker, master),
             apikeys=ApiKeyCache(sessionmaker),

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
+from http.cookiejar import CookieJar
 
 import httpcore
 import httpx
@@ -33,6 +34,18 @@ def _as_httpx_errors() -> Iterator[None]:
             if issubclass(mapped, httpx.TransportError):
                 raise mapped(str(exc)) from exc
         raise
+
+
+class NoCookies(CookieJar):
+    """The forwarding client's cookie jar: one client serves every tenant and user, so an
+    upstream's Set-Cookie must never be replayed on someone else's request. Nothing is parsed,
+    stored or sent (a jar that merely refused every cookie still parsed each response's)."""
+
+    def extract_cookies(self, response: object, request: object) -> None:
+        return None
+
+    def add_cookie_header(self, request: object) -> None:
+        return None
 
 
 _Key = tuple[bytes, bytes, int]

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from app.authz.upstream import UpstreamTransport
+from app.authz.upstream import NoCookies, UpstreamTransport
 from tests.support.servers import free_port, serve_in_thread
 
 PEERS: set[int] = set()
@@ -21,7 +21,12 @@ async def peer_app(scope, receive, send):  # the client port tells connections a
     PEERS.add(scope["client"][1])
     if scope["path"] == "/slow":
         await asyncio.sleep(0.3)
-    headers = [(b"content-type", b"text/plain")]
+    headers = [(b"content-type", b"text/plain"), (b"set-cookie", b"session=upstream-secret")]
+    if scope["path"] == "/cookie":
+        seen = [v for k, v in scope["headers"] if k == b"cookie"]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"|".join(seen) or b"none"})
+        return
     if scope["path"] == "/close":
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -38,7 +43,17 @@ def client(size: int, **timeouts: float) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         transport=UpstreamTransport(max_connections=size),
         timeout=httpx.Timeout(5.0, **timeouts),
+        cookies=NoCookies(),
     )
+
+
+async def test_an_upstream_cookie_is_never_replayed(peer):
+    async with client(2) as http:
+        first = await http.get(f"{peer}/cookie")
+        assert first.headers["set-cookie"] == "session=upstream-secret"
+        assert len(http.cookies) == 0
+        second = await http.get(f"{peer}/cookie")
+        assert second.text == "none"  # no Cookie header on the next caller's request
 
 
 async def test_concurrent_requests_share_a_bounded_set_of_connections(peer):
