@@ -1,15 +1,16 @@
-"""The enforcement hot path: `POST /authz/check` and `POST /endpoints/{slug}/query` served in
-front of FastAPI's middleware stack, route matching, dependency resolution and response
-validation. Measured on one uvicorn worker, that stack costs about 75 µs a request (a bare
-FastAPI hello-world answers 10k req/s, a bare ASGI app 50k): more than a warm decision itself.
+"""The enforcement hot path: `POST /authz/check`, `POST /endpoints/{slug}/query` and the
+gateways' `/authz/forward` served in front of FastAPI's middleware stack, route matching,
+dependency resolution and response validation. Measured on one uvicorn worker, that stack
+costs about 75 µs a request (a bare FastAPI hello-world answers 10k req/s, a bare ASGI app
+50k): more than a warm decision itself.
 
-`WardenAPI` (`app.main`) hands the two routes to `DecisionRoutes` behind the same edge
+`WardenAPI` (`app.main`) hands these routes to `DecisionRoutes` behind the same edge
 middlewares as every other route (request context, CORS, global limit, built from one list);
 everything else goes to FastAPI. FastAPI's optional native telemetry does not wrap them.
 `DecisionRoutes` calls the same functions as the FastAPI routes in `router.py`
-(authentication, `service.check`, `service.query`) and the same error renderers as the app's
-handlers, so behaviour is one piece of code. The FastAPI routes remain the documented contract
-(OpenAPI) for both."""
+(authentication, `service.check`, `service.query`, `forward.forward_auth`) and the same error
+renderers as the app's handlers, so behaviour is one piece of code. The FastAPI routes remain
+the documented contract (OpenAPI) and serve every request these do not take."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth.deps import current_principal
-from app.authz import service
+from app.authz import forward, service
+from app.authz.router import FORWARD_METHODS
 from app.authz.schemas import CheckRequest
 from app.core.errors import (
     AppError,
@@ -56,6 +58,9 @@ def _is_json(scope: Scope) -> bool:
     return True
 
 
+Route = tuple[str, str | None]  # ("check", None), ("query", slug), ("forward", path suffix)
+
+
 class HotPath:
     """The decision routes of `prefix` and the app that serves them (`DecisionRoutes` behind
     the edge middlewares); `WardenAPI.__call__` hands matching requests to it."""
@@ -64,18 +69,27 @@ class HotPath:
         self.app = app
         self.check_path = f"{prefix}/authz/check"
         self.endpoints_prefix = f"{prefix}/endpoints/"
+        self.forward_path = f"{prefix}/authz/forward"
 
-    def route(self, scope: Scope) -> str | None:
-        """`"check"`, the slug of a query, or None when the request is not a decision."""
-        if scope["type"] != "http" or scope["method"] != "POST":
+    def route(self, scope: Scope) -> Route | None:
+        """Which decision route a request is for, or None when it is not one of them."""
+        if scope["type"] != "http":
             return None
+        method: str = scope["method"]
         path: str = scope["path"]
-        if path == self.check_path:
-            return "check"
-        if path.startswith(self.endpoints_prefix) and path.endswith(_QUERY_SUFFIX):
-            slug = path[len(self.endpoints_prefix) : -len(_QUERY_SUFFIX)]
-            if _SLUG.match(slug):  # anything else gets FastAPI's 404/422
-                return slug
+        if method == "POST":
+            if path == self.check_path:
+                return ("check", None)
+            if path.startswith(self.endpoints_prefix) and path.endswith(_QUERY_SUFFIX):
+                slug = path[len(self.endpoints_prefix) : -len(_QUERY_SUFFIX)]
+                if _SLUG.match(slug):  # anything else gets FastAPI's 404/422
+                    return ("query", slug)
+        if method in FORWARD_METHODS and path.startswith(self.forward_path):
+            rest = path[len(self.forward_path) :]
+            if not rest:
+                return ("forward", None)
+            if rest.startswith("/"):  # Envoy appends the original path
+                return ("forward", rest[1:])
         return None
 
 
@@ -83,20 +97,26 @@ class DecisionRoutes:
     """The ASGI endpoint behind the edge middlewares; `HotPath` has matched the route."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route: str = scope["path_params"].pop("route")
+        kind, arg = scope["path_params"].pop("route")
         request = Request(scope, receive)
         runtime = scope["app"].state.runtime
         response: Response
         try:
-            if route == "check":
+            if kind == "check":
                 principal = await current_principal(request, runtime)
                 data = await _check_request(scope, receive)
                 result = await service.check(runtime, principal, data)
                 await _send_json(send, result.model_dump_json().encode())
                 return
-            scope["path_params"]["slug"] = route
-            principal = await current_principal(request, runtime)
-            response = await service.query(runtime, request, principal, route)
+            if kind == "forward":
+                if arg is not None:
+                    scope["path_params"]["path"] = arg
+                response = await forward.forward_auth(runtime, request, suffix=arg)
+            else:
+                assert arg is not None  # noqa: S101  (a query route always has its slug)
+                scope["path_params"]["slug"] = arg
+                principal = await current_principal(request, runtime)
+                response = await service.query(runtime, request, principal, arg)
         except AppError as exc:
             response = app_error_response(request, exc)
         except RequestValidationError as exc:

@@ -112,6 +112,32 @@ class TestEdge:
         r = await client.post("/api/v1/endpoints/abc/query/extra", headers=tenant.owner.headers)
         assert r.status_code == 404
 
+    async def test_an_endpoint_named_check_is_queried_not_checked(self, client, tenant):
+        r = await client.post(
+            "/api/v1/endpoints",
+            json={"name": "Check", "slug": "check"},
+            headers=tenant.owner.headers,
+        )
+        assert r.status_code == 201, r.text
+        r = await client.post("/api/v1/endpoints/check/query", headers=tenant.owner.headers)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"allowed": True, "decided_by": None, "endpoint": "check"}
+
+    async def test_forward_auth_methods_and_suffixes(self, client, tenant):
+        headers = {**tenant.owner.headers, "x-forwarded-host": "nobody.example"}
+        for method in ("GET", "HEAD", "POST", "DELETE", "OPTIONS"):
+            for path in (
+                "/api/v1/authz/forward",
+                "/api/v1/authz/forward/some/path",
+                "/api/v1/authz/forward/",
+            ):
+                r = await client.request(method, path, headers=headers)
+                assert r.status_code == 404, (method, path, r.status_code)  # no binding
+        r = await client.request("TRACE", "/api/v1/authz/forward", headers=headers)
+        assert r.status_code == 405
+        r = await client.get("/api/v1/authz/forwarded", headers=headers)
+        assert r.status_code == 404
+
     async def test_query_refusal_keeps_the_error_shape(self, client, tenant):
         ep = await make_endpoint(tenant)
         policy = await add_policy(
