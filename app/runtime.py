@@ -88,7 +88,7 @@ class Runtime:
             redis=redis,
             keyring=SigningKeyring(sessionmaker, master, publish_for),
             revocations=RevocationStore(redis),
-            limiter=AsyncLimiter(settings.redis_url),
+            limiter=AsyncLimiter(settings.redis_url, redis),
             audit=AuditWriter(sessionmaker, settings.audit_flush_interval_ms),
             bus=InvalidationBus(redis),
             http=httpx.AsyncClient(
@@ -139,6 +139,7 @@ class Runtime:
         except Exception as exc:
             log.error("key_usage_flush_failed", error=repr(exc))
         await self.audit.stop()
+        await self.limiter.aclose()
         await self.http.aclose()
         await self.satellites.aclose()
         if self.redis is not None:

@@ -3,6 +3,8 @@ per-account login limit and per-policy limits (async, Redis-backed when `REDIS_U
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
 import time
@@ -16,6 +18,7 @@ from fastapi.responses import JSONResponse
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, MovingWindowSupport, Storage
 from limits.storage import storage_from_string
+from redis.asyncio import Redis
 from slowapi import Limiter
 from slowapi.errors import RateLimitExceeded
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -179,6 +182,91 @@ class MovingWindowMemoryStorage(MemoryStorage):
         return await super().reset()
 
 
+@dataclass
+class _Window:
+    """This process's view of one shared fixed window."""
+
+    shared: int  # the total in Redis at the last sync (this process's flushed hits included)
+    pending: int  # hits counted here, not yet added to Redis
+    reset_at: float
+
+
+class SharedFixedWindows:
+    """Fixed windows counted in Redis without a round trip per hit (the global per-IP limit,
+    which every request passes). Each process counts hits locally and adds them to the Redis
+    counter every `FLUSH_SECONDS` in one pipeline, learning the other processes' hits back: a
+    process decides exactly on its own hits, and on the others' as of its last flush, so it may
+    admit at most one flush interval of its own hits beyond the limit. The first hit of a window
+    in a process goes to Redis at once. The counters are limits' own layout (a key with the
+    window's TTL). If Redis cannot be reached, hits fail closed (503)."""
+
+    FLUSH_SECONDS = 0.1
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.windows: dict[str, _Window] = {}
+        self.failure: Exception | None = None
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def hit(self, key: str, item: RateLimitItem) -> LimitState:
+        now = time.time()
+        window = self.windows.get(key)
+        if window is None or now >= window.reset_at:
+            window = _Window(0, 1, now + item.get_expiry())
+            await self._sync({key: window}, item.get_expiry())  # raises: nothing kept
+            self.windows[key] = window
+        else:
+            if self.failure is not None:
+                raise self.failure
+            window.pending += 1
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_forever(), name="global-limit-flush")
+        count = window.shared + window.pending
+        return LimitState(count <= item.amount, item.amount, item.amount - count, window.reset_at)
+
+    async def _sync(self, windows: dict[str, _Window], expiry: int | None = None) -> None:
+        """Add pending hits to Redis; learn each window's total and remaining time."""
+        flushed = {key: w.pending for key, w in windows.items()}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, count in flushed.items():
+                ttl = expiry or max(1, math.ceil(windows[key].reset_at - time.time()))
+                pipe.incrby(key, count)
+                pipe.expire(key, ttl, nx=True)
+                pipe.pttl(key)
+            results = await pipe.execute()
+        now = time.time()
+        for index, (key, count) in enumerate(flushed.items()):
+            total, _, pttl = results[3 * index : 3 * index + 3]
+            window = windows[key]
+            window.pending -= count
+            window.shared = int(total)
+            if int(pttl) > 0:  # the window as Redis keeps it (another process may have opened it)
+                window.reset_at = now + int(pttl) / 1000
+        self.failure = None
+
+    async def _flush_forever(self) -> None:
+        while self.windows:
+            await asyncio.sleep(self.FLUSH_SECONDS)
+            now = time.time()
+            for key in [k for k, w in self.windows.items() if now >= w.reset_at]:
+                del self.windows[key]
+            due = {k: w for k, w in self.windows.items() if w.pending}
+            if not due:
+                continue
+            try:
+                await self._sync(due)
+            except Exception as exc:  # kept pending; retried next round; hits fail closed
+                log.error("rate_limit_store_unavailable", error=type(exc).__name__)
+                self.failure = _unavailable(exc)
+
+    async def aclose(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        self.windows.clear()
+
+
 class AsyncLimiter:
     """Moving windows (policies) and fixed windows (the global limit) on a `limits.aio`
     storage: Redis when configured, so every process shares one count, else this process's
@@ -187,12 +275,14 @@ class AsyncLimiter:
 
     KEY_CACHE_SIZE = 50_000
 
-    def __init__(self, redis_url: str | None) -> None:
+    def __init__(self, redis_url: str | None, redis: Redis | None = None) -> None:
         self.distributed = redis_url is not None
         self.storage: Storage
+        self.shared_windows: SharedFixedWindows | None = None
         if redis_url:
             uri = redis_url if redis_url.startswith("async+") else "async+" + redis_url
             self.storage = cast(Storage, storage_from_string(uri, implementation="redispy"))
+            self.shared_windows = SharedFixedWindows(redis or Redis.from_url(redis_url))
         else:
             self.storage = MovingWindowMemoryStorage()
         self.moving = cast(MovingWindowSupport, self.storage)
@@ -230,6 +320,13 @@ class AsyncLimiter:
         """A cheaper fixed-window hit (the global per-IP limit); fails closed like `hit`. The
         window figures are read only for a refusal (its headers)."""
         key = self._key(item, ids)
+        if self.shared_windows is not None:
+            try:
+                return await self.shared_windows.hit(key, item)
+            except ServiceUnavailable:
+                raise
+            except Exception as exc:
+                raise _unavailable(exc) from exc
         try:
             if await self.storage.incr(key, item.get_expiry()) <= item.amount:
                 return LimitState(True, item.amount, 1, 0.0)
@@ -242,7 +339,15 @@ class AsyncLimiter:
     async def reset(self) -> None:
         """Forget every counter (tests and maintenance)."""
         self._keys.clear()
+        if self.shared_windows is not None:
+            self.shared_windows.windows.clear()
         await cast(Any, self.storage).reset()
+
+    async def aclose(self) -> None:
+        """Stop the background flush (pending global-limit hits are dropped: they only count
+        against a limit that expires with its window anyway)."""
+        if self.shared_windows is not None:
+            await self.shared_windows.aclose()
 
 
 def _unavailable(exc: Exception) -> ServiceUnavailable:
