@@ -113,6 +113,7 @@ class Runtime:
         self.bus.register("endpoint", self.bindings.invalidate)
         self.bus.register("apikey", self.apikeys.invalidate)
         self.bus.register("issuer", self.satellites.invalidate)
+        self.revocations.attach(self.bus)
         self.bus.start()
         self.audit.start()
         self._tasks.append(asyncio.create_task(self._reload_keys(), name="key-reload"))

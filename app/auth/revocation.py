@@ -3,12 +3,19 @@
 Subjects: `jti:<sha256>` (one token, after logout) and `tenant:<id>` (tenant deleted) revoke
 outright; `user:<id>` revokes every token whose `ver` claim is below the user's current token
 version (deactivation, role or password change). The database is the record; each process keeps
-a copy in memory, and with Redis every process sees a new entry at once (the check reads Redis;
-memory serves the single-process embedded mode).
+a copy in memory (all that the single-process embedded mode needs).
+
+With Redis, a revocation is written to a Redis key and announced on the invalidation channel in
+one transaction. Each process mirrors the announcements in memory and answers from the mirror
+only while it is provably complete: filled from Redis's keys after (re)subscribing, and the
+subscription heard from within `TRUST_SECONDS` (every process hears its own heartbeat four times
+a second). Otherwise, and whenever that is in doubt, the check reads Redis (one `MGET`, 503 when
+Redis is down).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 from datetime import timedelta
@@ -20,10 +27,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.models import Revocation
 from app.core.errors import ServiceUnavailable
+from app.core.invalidation import CHANNEL, InvalidationBus
 from app.core.types import utcnow
 
 log = structlog.get_logger("warden.revocation")
 _PREFIX = "warden:revoked:"
+TOPIC = "revocation"
 
 
 @functools.lru_cache(maxsize=65_536)  # the same token is checked on each of its requests
@@ -35,9 +44,77 @@ def jti_subject(jti: str) -> str:
 class RevocationStore:
     """Answers "was this token revoked?" without a database round trip."""
 
+    TRUST_SECONDS = 1.0
+
     def __init__(self, redis: Redis | None) -> None:
         self.redis = redis
         self._memory: dict[str, tuple[int, float]] = {}  # subject -> (min_version, expires)
+        self._bus: InvalidationBus | None = None
+        self._generation = 0  # bumped whenever the subscription (re)starts or drops
+        self._synced = -1  # the generation the mirror was last completed for
+        self._resync: asyncio.Task[None] | None = None
+
+    def attach(self, bus: InvalidationBus) -> None:
+        """With Redis: mirror other processes' revocations from the invalidation channel."""
+        if self.redis is not None:
+            self._bus = bus
+            bus.register(TOPIC, self._on_message)
+
+    def _mirror_trusted(self) -> bool:
+        return (
+            self._bus is not None
+            and self._synced == self._generation
+            and self._bus.live(self.TRUST_SECONDS)
+        )
+
+    def _on_message(self, key: str | None) -> None:
+        if key is None:  # (re)subscribed or dropped: announcements may have been missed
+            self._generation += 1
+            if self._resync is None or self._resync.done():
+                self._resync = asyncio.get_running_loop().create_task(self._fill_mirror())
+            return
+        try:
+            subject, min_version, expires = key.rsplit("|", 2)
+            self._remember(subject, int(min_version), float(expires))
+        except ValueError:
+            log.warning("revocation_message_malformed")
+
+    def _remember(self, subject: str, min_version: int, expires: float) -> None:
+        known = self._memory.get(subject)
+        if known is not None:
+            min_version, expires = max(min_version, known[0]), max(expires, known[1])
+        self._memory[subject] = (min_version, expires)
+
+    async def _fill_mirror(self) -> None:
+        """Copy every live revocation key from Redis once the subscription is up (announcements
+        from then on arrive through it; keys are written before they are announced)."""
+        if self.redis is None or self._bus is None:
+            return
+        while True:
+            generation = self._generation
+            try:
+                await self._bus.ready.wait()
+                keys = [key async for key in self.redis.scan_iter(match=_PREFIX + "*", count=1000)]
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.get(key)
+                        pipe.pttl(key)
+                    values = await pipe.execute() if keys else []
+                now = utcnow().timestamp()
+                for index, key in enumerate(keys):
+                    value, pttl = values[2 * index], values[2 * index + 1]
+                    if value is not None and int(pttl) > 0:
+                        name = key.decode() if isinstance(key, bytes) else str(key)
+                        self._remember(name[len(_PREFIX) :], int(value), now + int(pttl) / 1000)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the check keeps reading Redis meanwhile
+                log.error("revocation_mirror_fill_failed", error=repr(exc))
+                await asyncio.sleep(1)
+                continue
+            if generation == self._generation:
+                self._synced = generation
+                return
 
     async def load(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         """Fill the in-process copy (and Redis) from the database at start-up."""
@@ -52,11 +129,14 @@ class RevocationStore:
                 await self._publish(row.subject, row.min_version, ttl)
 
     async def _publish(self, subject: str, min_version: int, ttl_seconds: float) -> None:
-        self._memory[subject] = (min_version, utcnow().timestamp() + ttl_seconds)
+        expires = utcnow().timestamp() + ttl_seconds
+        self._remember(subject, min_version, expires)
         if self.redis is not None:
-            await self.redis.set(
-                _PREFIX + subject, str(min_version), ex=max(1, int(ttl_seconds) + 1)
-            )
+            # Key and announcement together, or neither (then the revoking request fails).
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.set(_PREFIX + subject, str(min_version), ex=max(1, int(ttl_seconds) + 1))
+                pipe.publish(CHANNEL, f"{TOPIC}|{subject}|{min_version}|{expires}")
+                await pipe.execute()
 
     async def revoke(
         self, session: AsyncSession, subject: str, *, ttl: timedelta, min_version: int = 0
@@ -77,14 +157,15 @@ class RevocationStore:
         self, *, jti: str | None, user_id: str | None, tenant_id: str, version: int
     ) -> bool:
         """True when the token, its user (at this version) or its tenant was revoked."""
-        if self.redis is None and not self._memory:
+        mirrored = self.redis is None or self._mirror_trusted()
+        if mirrored and not self._memory:
             return False  # nothing revoked in this process's view: nothing to look up
         subjects = [f"tenant:{tenant_id}"]
         if jti:
             subjects.append(jti_subject(jti))
         if user_id:
             subjects.append(f"user:{user_id}")
-        if self.redis is not None:
+        if not mirrored and self.redis is not None:
             try:
                 values = await self.redis.mget([_PREFIX + s for s in subjects])
             except Exception as exc:

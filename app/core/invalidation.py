@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 
 import structlog
@@ -23,11 +24,20 @@ Handler = Callable[[str | None], None]  # key, or None for "everything"
 class InvalidationBus:
     """Publishes and receives `topic|key` invalidations."""
 
+    HEARTBEAT_SECONDS = 0.25
+
     def __init__(self, redis: Redis | None) -> None:
         self.redis = redis
         self.handlers: dict[str, list[Handler]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
+        self.last_heard = float("-inf")  # monotonic time of the last message off the channel
+
+    def live(self, within: float) -> bool:
+        """Whether the subscription provably works: something (at least this process's own
+        heartbeat, sent every `HEARTBEAT_SECONDS`) came back through Redis within `within`."""
+        return self.ready.is_set() and time.monotonic() - self.last_heard <= within
 
     def register(self, topic: str, handler: Handler) -> None:
         """Call `handler(key)` when `topic|key` is published (`None`: drop everything)."""
@@ -54,8 +64,20 @@ class InvalidationBus:
         """Listen for other processes' invalidations."""
         if self.redis is not None:
             self._task = asyncio.create_task(self._listen(), name="invalidation")
+            self._heartbeat = asyncio.create_task(self._beat(), name="invalidation-heartbeat")
         else:
             self.ready.set()
+
+    async def _beat(self) -> None:
+        assert self.redis is not None  # noqa: S101  (started only with Redis)
+        while True:
+            try:
+                await self.redis.publish(CHANNEL, "heartbeat|")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the listener notices on its own; keep beating
+                log.warning("invalidation_heartbeat_failed", error=repr(exc))
+            await asyncio.sleep(self.HEARTBEAT_SECONDS)
 
     async def _listen(self) -> None:
         if self.redis is None:
@@ -69,6 +91,7 @@ class InvalidationBus:
                     async for message in pubsub.listen():
                         if message.get("type") != "message":
                             continue
+                        self.last_heard = time.monotonic()
                         data = message["data"]
                         text = data.decode() if isinstance(data, bytes) else str(data)
                         topic, _, key = text.partition("|")
@@ -83,8 +106,10 @@ class InvalidationBus:
 
     async def stop(self) -> None:
         """Stop listening."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._heartbeat):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._heartbeat = None
+        self.ready.clear()
