@@ -14,6 +14,7 @@ the documented contract (OpenAPI) and serve every request these do not take."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 from fastapi.exceptions import RequestValidationError
@@ -127,7 +128,8 @@ class DecisionRoutes:
             return  # nobody to answer; not a server error
         except Exception as exc:
             response = internal_error_response(request, exc)
-        await response(scope, receive, send)
+        with contextlib.suppress(ClientDisconnect):  # the caller left mid-answer: nobody to tell
+            await response(scope, receive, send)
 
 
 async def _send_json(send: Send, body: bytes) -> None:

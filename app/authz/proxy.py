@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import Request
-from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from app.auth.principal import Principal
 from app.authz.cache import CompiledEndpoint
@@ -103,13 +103,23 @@ async def forward(
         return Response(
             raw, status_code=upstream.status_code, headers=headers
         ), upstream.status_code
-    response = StreamingResponse(
-        upstream.aiter_raw(),
-        status_code=upstream.status_code,
-        headers=headers,
-        background=BackgroundTask(upstream.aclose),
-    )
-    return response, upstream.status_code
+    return UpstreamStream(upstream, headers), upstream.status_code
+
+
+class UpstreamStream(StreamingResponse):
+    """An upstream's answer relayed as it arrives. The upstream response (and with it the pooled
+    connection) is closed however the relay ends: a background task would not run when the
+    caller hangs up mid-stream, and each such hang-up would keep a connection out of the pool."""
+
+    def __init__(self, upstream: httpx.Response, headers: dict[str, str]) -> None:
+        super().__init__(upstream.aiter_raw(), status_code=upstream.status_code, headers=headers)
+        self.upstream = upstream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.upstream.aclose()
 
 
 BUFFERED_BODY_BYTES = 64 * 1024

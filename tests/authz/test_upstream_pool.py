@@ -4,12 +4,15 @@ bounded, reused, fair to waiters, and never leaking a slot when an upstream misb
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from starlette.requests import ClientDisconnect
 
+from app.authz.proxy import UpstreamStream
 from app.authz.upstream import NoCookies, UpstreamTransport
 from tests.support.servers import free_port, serve_in_thread
 
@@ -26,6 +29,14 @@ async def peer_app(scope, receive, send):  # the client port tells connections a
         seen = [v for k, v in scope["headers"] if k == b"cookie"]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"|".join(seen) or b"none"})
+        return
+    if scope["path"] == "/stream":  # a body sent in pieces, without a length
+        start = {"type": "http.response.start", "status": 200, "headers": headers}
+        await send(start)
+        for _ in range(50):
+            await send({"type": "http.response.body", "body": b"x" * 1024, "more_body": True})
+            await asyncio.sleep(0.01)
+        await send({"type": "http.response.body", "body": b""})
         return
     if scope["path"] == "/close":
         headers.append((b"connection", b"close"))
@@ -139,3 +150,28 @@ async def test_a_closed_pool_refuses_new_requests(peer):
     await http.aclose()
     with pytest.raises(RuntimeError):  # httpx refuses a closed client before the transport
         await http.get(f"{peer}/fast")
+
+
+@pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
+async def test_a_caller_hanging_up_mid_stream_gives_the_connection_back(peer, spec_version):
+    async with client(1) as http:
+        upstream = await http.send(http.build_request("GET", f"{peer}/stream"), stream=True)
+        relay = UpstreamStream(upstream, {})
+        sent = 0
+
+        async def send(message):
+            nonlocal sent
+            sent += 1
+            if sent == 3:  # the start line and one chunk went out, then the caller is gone
+                raise OSError("connection reset by peer")
+
+        async def receive():
+            await asyncio.sleep(3600)  # (2.3: no disconnect message arrives in this test)
+
+        scope = {"type": "http", "asgi": {"spec_version": spec_version}}
+        with contextlib.suppress(ClientDisconnect, OSError):
+            await relay(scope, receive, send)
+        assert upstream.is_closed
+        # The one pooled slot is free again: the next request is not left waiting for it.
+        r = await asyncio.wait_for(http.get(f"{peer}/fast"), 2)
+        assert r.status_code == 200
