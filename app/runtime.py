@@ -141,6 +141,7 @@ class Runtime:
             log.error("key_usage_flush_failed", error=repr(exc))
         await self.audit.stop()
         await self.limiter.aclose()
+        await self.revocations.aclose()
         await self.http.aclose()
         await self.satellites.aclose()
         if self.redis is not None:

@@ -16,6 +16,7 @@ Redis is down).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 from datetime import timedelta
@@ -59,6 +60,14 @@ class RevocationStore:
         if self.redis is not None:
             self._bus = bus
             bus.register(TOPIC, self._on_message)
+
+    async def aclose(self) -> None:
+        """Stop refilling the mirror."""
+        if self._resync is not None:
+            self._resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resync
+            self._resync = None
 
     def _mirror_trusted(self) -> bool:
         return (

@@ -12,6 +12,7 @@ from typing import Any
 
 from app.auth.principal import Principal, Role
 from app.authz.cache import CompiledEndpoint, RateLimitRule
+from app.core.memo import IdentityMemo
 from app.core.ratelimit import AsyncLimiter, LimitState
 from app.policies.engine import RuleContext, evaluate_access, evaluate_rules
 
@@ -31,13 +32,9 @@ class Subject:
     def of(cls, principal: Principal) -> Subject:
         """The subject of an authenticated principal (made once per principal object: a cached
         token yields the same principal on each of its requests)."""
-        entry = _SUBJECTS.get(id(principal))
-        if entry is not None and entry[0] is principal:
-            return entry[1]
-        subject = cls._build(principal)
-        if len(_SUBJECTS) >= 10_000:
-            _SUBJECTS.clear()
-        _SUBJECTS[id(principal)] = (principal, subject)  # holding it: its id is not reused
+        subject = _SUBJECTS.get(id(principal), principal)
+        if subject is None:
+            subject = _SUBJECTS.put(id(principal), principal, cls._build(principal))
         return subject
 
     @classmethod
@@ -57,7 +54,7 @@ class Subject:
         )
 
 
-_SUBJECTS: dict[int, tuple[Principal, Subject]] = {}
+_SUBJECTS: IdentityMemo[Subject] = IdentityMemo(10_000)
 
 
 @dataclass(frozen=True)
@@ -109,19 +106,15 @@ def evaluate(
     if not remember or endpoint.reads_clock:
         return _evaluate(endpoint, subject, facts, explain)
     key = (id(endpoint), id(subject), facts.method, facts.path, facts.ip, explain)
-    entry = _VERDICTS.get(key)
-    if entry is not None and entry[0] is endpoint and entry[1] is subject:
-        return entry[2]
-    verdict = _evaluate(endpoint, subject, facts, explain)
-    if len(_VERDICTS) >= 10_000:
-        _VERDICTS.clear()
-    _VERDICTS[key] = (endpoint, subject, verdict)  # holding both: their ids are not reused
+    verdict = _VERDICTS.get(key, endpoint, subject)
+    if verdict is None:
+        verdict = _VERDICTS.put(
+            key, endpoint, _evaluate(endpoint, subject, facts, explain), subject
+        )
     return verdict
 
 
-_VERDICTS: dict[
-    tuple[int, int, str, str, str | None, bool], tuple[CompiledEndpoint, Subject, Verdict]
-] = {}
+_VERDICTS: IdentityMemo[Verdict] = IdentityMemo(10_000)
 
 
 def _evaluate(

@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from app.core.memo import IdentityMemo
+
 __all__ = [
     "MAX_EMAIL_LENGTH",
     "MAX_RULE_DEPTH",
@@ -604,20 +606,16 @@ def _describe_operand(operand: object) -> str:
     return _short.repr(operand)
 
 
-_LABELS: dict[int, tuple[MatchRule, str]] = {}
+_LABELS: IdentityMemo[str] = IdentityMemo(4096)
 
 
 def _match_label(node: MatchRule) -> str:
-    # Constant per node: described once, not per request. Keyed by identity, not equality
-    # (equal nodes may differ in what they show: 1 == 1.0 == True); the entry keeps its node
-    # alive, so an id is never reused while cached.
-    entry = _LABELS.get(id(node))
-    if entry is not None and entry[0] is node:
-        return entry[1]
-    label = f"match {_describe_operand(node.f1)} {node.eval} {_describe_operand(node.f2)}"
-    if len(_LABELS) >= 4096:
-        _LABELS.clear()
-    _LABELS[id(node)] = (node, label)
+    # Constant per node: described once, not per request (by identity: equal nodes may differ
+    # in what they show, 1 == 1.0 == True).
+    label = _LABELS.get(id(node), node)
+    if label is None:
+        label = f"match {_describe_operand(node.f1)} {node.eval} {_describe_operand(node.f2)}"
+        _LABELS.put(id(node), node, label)
     return label
 
 

@@ -48,8 +48,7 @@ class Process:
 
     async def stop(self) -> None:
         await self.bus.stop()
-        if self.store._resync is not None:
-            self.store._resync.cancel()
+        await self.store.aclose()
         await self.redis.aclose()
 
 
