@@ -133,7 +133,7 @@ def tenant_create(
 def keys_rotate() -> None:
     """Add a new signing key; old public keys stay published until their tokens expire."""
     from app.audit.service import SYSTEM, record
-    from app.auth.keys import rotate_signing_key
+    from app.credentials.signing import rotate_signing_key
 
     async def work(session: AsyncSession, settings: Settings) -> str:
         key = await rotate_signing_key(session, KeyRing.from_settings(settings.warden_master_key))
@@ -157,8 +157,8 @@ def keys_rotate_encryption() -> None:
     Rotation without downtime: put the new key first in WARDEN_MASTER_KEY (keep the old one after
     it), roll the processes, run this command, then drop the old key from the list."""
     from app.audit.service import SYSTEM, record
-    from app.auth.keys import reencrypt_signing_keys
-    from app.secrets.service import reencrypt_all
+    from app.credentials.signing import reencrypt_signing_keys
+    from app.upstream_secrets.service import reencrypt_all
 
     async def work(session: AsyncSession, settings: Settings) -> tuple[int, int, str]:
         master = KeyRing.from_settings(settings.warden_master_key)
@@ -274,7 +274,7 @@ async def serve_both(
 
     from app.internal import create_internal_app
     from app.main import create_app
-    from app.runtime import Runtime, settle_heap
+    from app.web.state import Runtime, settle_heap
 
     class _Server(uvicorn.Server):
         # uvicorn would install process-wide signal handlers per server, each replacing the

@@ -13,11 +13,11 @@ from fastapi import FastAPI
 from app import models as _models  # noqa: F401  (every table registered before any query)
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
-from app.core.health import router as health_router
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
-from app.runtime import Runtime, runtime_lifespan
-from app.sessions.router import internal_router
+from app.web.routes.health import router as health_router
+from app.web.routes.sessions import internal_router
+from app.web.state import Runtime, runtime_lifespan
 
 
 def create_internal_app(

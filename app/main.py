@@ -9,25 +9,25 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import models as _models  # noqa: F401  (every table registered before any query)
-from app.apikeys.router import router as apikeys_router
-from app.audit.router import router as audit_router
-from app.auth.router import router as auth_router
-from app.auth.router import well_known
-from app.authz.hotpath import DecisionRoutes, HotPath
-from app.authz.router import router as authz_router
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
-from app.core.health import router as health_router
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.ratelimit import GlobalRateLimitMiddleware, limiter, rate_limit_exceeded_handler
-from app.endpoints.router import router as endpoints_router
-from app.issuers.router import router as issuers_router
-from app.privacy.router import router as privacy_router
-from app.runtime import Runtime, runtime_lifespan
-from app.sessions.router import router as sessions_router
-from app.tenants.router import router as tenant_router
-from app.users.router import router as users_router
+from app.web.hotpath import DecisionRoutes, HotPath
+from app.web.routes.apikeys import router as apikeys_router
+from app.web.routes.audit import router as audit_router
+from app.web.routes.auth import router as auth_router
+from app.web.routes.auth import well_known
+from app.web.routes.authz import router as authz_router
+from app.web.routes.endpoints import router as endpoints_router
+from app.web.routes.health import router as health_router
+from app.web.routes.issuers import router as issuers_router
+from app.web.routes.privacy import router as privacy_router
+from app.web.routes.sessions import router as sessions_router
+from app.web.routes.tenants import router as tenant_router
+from app.web.routes.users import router as users_router
+from app.web.state import Runtime, runtime_lifespan
 
 API_PREFIX = "/api/v1"
 
@@ -49,7 +49,7 @@ API_ROUTERS = (
 
 
 class WardenAPI(FastAPI):
-    """FastAPI with the enforcement hot path (`app.authz.hotpath`) in front of its stack."""
+    """FastAPI with the enforcement hot path (`app.web.hotpath`) in front of its stack."""
 
     hot_path: HotPath | None = None
 

@@ -2,13 +2,12 @@
 
 from app.apikeys.models import ApiKey
 from app.audit.models import AuditChainHead, AuditEvent
-from app.auth.models import RefreshToken, Revocation, SigningKey
+from app.credentials.models import BrowserSession, RefreshToken, Revocation, SigningKey
 from app.endpoints.models import Endpoint
 from app.issuers.models import TrustedIssuer
 from app.policies.models import Policy
-from app.secrets.models import UpstreamCredential
-from app.sessions.models import BrowserSession
 from app.tenants.models import Tenant
+from app.upstream_secrets.models import UpstreamCredential
 from app.users.models import User
 
 __all__ = [

@@ -100,12 +100,12 @@ async def app(database: str) -> AsyncIterator[Any]:
     from app.main import create_app
 
     global _APP
-    import app.runtime
+    import app.web.state
 
     # Between tests the session's event loop is stopped. A periodic key reload / key-usage write
     # caught mid-transaction by that stop would hold SQLite's write lock while a test waits on a
     # Warden child process (which then cannot start). Tests reload keys explicitly instead.
-    app.runtime.KEY_RELOAD_SECONDS = 24 * 3600
+    app.web.state.KEY_RELOAD_SECONDS = 24 * 3600
     application = create_app()
     async with application.router.lifespan_context(application):
         _APP = application

@@ -189,7 +189,8 @@ class TestTheCode:
             f"{module} -> {target}"
             for module, targets in GRAPH.items()
             for target in targets
-            if _package(target) in ROOTS and _package(module) != _package(target)
+            if _package(target) in ROOTS
+            and _package(module) != _package(target)
             and _package(module) not in ROOTS
         )
         assert wrong == []

@@ -15,15 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.apikeys.models import ApiKey
 from app.apikeys.schemas import ApiKeyCreate
 from app.audit.service import record
-from app.auth.principal import Principal
 from app.core.db import SKIP_TENANT_FILTER, after_commit
 from app.core.errors import Conflict, NotFound, Unprocessable
+from app.core.identity import Principal
 from app.core.pagination import PageParams, paginate
 from app.core.types import utcnow
 from app.tenants.models import Tenant
 
 if TYPE_CHECKING:
-    from app.runtime import Runtime
+    from app.web.state import Runtime
 
 KEY_PREFIX = "wk_"
 APIKEY_TOPIC = "apikey"

@@ -42,6 +42,7 @@ from app.audit.schemas import AuditFilters, ExportFormat, csv_chunk, csv_header,
 from app.core.context import current_request
 from app.core.db import SKIP_TENANT_FILTER, set_session_tenant
 from app.core.errors import ServiceUnavailable
+from app.core.identity import SYSTEM, Actor
 from app.core.logging import mask_email
 from app.core.types import utcnow
 
@@ -53,19 +54,6 @@ MAX_BATCH = 5_000  # events per writer transaction
 MAX_PENDING = 50_000  # queued events beyond which submitters wait (`AuditWriter.room`)
 ROOM_TIMEOUT_SECONDS = 10.0  # a request waits this long for room, then gets 503
 YIELD_EVERY = 200  # events linked between two yields to the event loop (about 5 ms of work)
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who did it: `user`, `api_key`, `satellite`, `service`, `anonymous` or `system`."""
-
-    type: str
-    id: str | None = None
-    email: str | None = None
-
-
-ANONYMOUS = Actor("anonymous")
-SYSTEM = Actor("system")
 
 
 @dataclass

@@ -28,7 +28,6 @@ from app.audit import repository
 from app.audit.models import AuditEvent
 from app.audit.schemas import BrokenLinkView, ChainHeadView, VerifyReport
 from app.audit.service import (
-    Actor,
     SeqTally,
     actor_digest,
     chain_key,
@@ -37,6 +36,7 @@ from app.audit.service import (
     resolve_chains,
 )
 from app.core.db import set_session_tenant
+from app.core.identity import Actor
 
 VERIFY_CHUNK = 1000
 _PSEUDONYM = re.compile(rf"\A{re.escape(repository.ERASED_PREFIX)}[0-9a-f]{{16}}\Z")

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, StringConstraints
 
-from app.auth.principal import Role
+from app.core.identity import Role
 from app.core.schemas import EmailText, Name, Password, Slug, StrictModel
 from app.tenants.schemas import TenantPublic
 from app.users.schemas import UserPublic

@@ -12,24 +12,24 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.audit.service import Actor, record
-from app.auth.models import RefreshToken
-from app.auth.principal import Principal
-from app.auth.revocation import jti_subject
+from app.audit.service import record
 from app.auth.schemas import LoginRequest, RegisterRequest, TokenResponse
-from app.auth.tokens import issue_user_access_token
 from app.core.db import SKIP_TENANT_FILTER, set_session_tenant
 from app.core.errors import Forbidden, RateLimited, Unauthenticated
+from app.core.identity import Actor, Principal
 from app.core.passwords import verify_password
 from app.core.ratelimit import parse_limit
 from app.core.types import utcnow
+from app.credentials.models import RefreshToken
+from app.credentials.revocation import jti_subject
+from app.credentials.tokens import issue_user_access_token
 from app.tenants.models import Tenant
 from app.tenants.service import create_tenant_with_owner, get_by_slug
 from app.users import repository as users
 from app.users.models import User
 
 if TYPE_CHECKING:
-    from app.runtime import Runtime
+    from app.web.state import Runtime
 
 REFRESH_PREFIX = "rt_"
 LOGIN_FAILED = "Invalid email, password or tenant."

@@ -18,7 +18,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.authz.cache import _Cache  # the same TTL + generation-checked cache as endpoints
+from app.authz.compiled import _Cache  # the same TTL + generation-checked cache as endpoints
 from app.core.db import SKIP_TENANT_FILTER
 from app.endpoints.models import Endpoint
 from app.tenants.models import Tenant

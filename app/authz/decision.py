@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.auth.principal import Principal, Role
-from app.authz.cache import CompiledEndpoint, RateLimitRule
+from app.authz.compiled import CompiledEndpoint, RateLimitRule
+from app.core.identity import Principal, Role
 from app.core.memo import IdentityMemo
 from app.core.ratelimit import AsyncLimiter, LimitState
 from app.policies.engine import RuleContext, evaluate_access, evaluate_rules

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.authz.bindings import prefix_of
-from app.authz.forward import claim_for_source, host_audiences
+from app.authz.gateway import claim_for_source, host_audiences
 from app.core import jose
 from app.core.config import Settings
 from app.endpoints import repository

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from app.auth.principal import Role
+from app.core.identity import Role
 from app.core.schemas import EmailText, Slug, StrictModel
 
 

@@ -8,15 +8,15 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from app.auth.principal import Principal, Role
-from app.authz.cache import CompiledEndpoint
+from app.authz.compiled import CompiledEndpoint
 from app.authz.decision import RequestFacts, Subject, Verdict, check_limits, evaluate, may_query
-from app.authz.proxy import forward
+from app.authz.relay import forward
 from app.authz.schemas import CheckRequest, CheckResponse
 from app.core.context import current_request
+from app.core.emails import normalize_email
 from app.core.errors import AppError, Forbidden, NotFound, RateLimited, Unprocessable
-from app.policies.engine import normalize_email
-from app.runtime import Runtime
+from app.core.identity import Principal, Role
+from app.web.state import Runtime
 
 
 async def load_endpoint(runtime: Runtime, principal: Principal, slug: str) -> CompiledEndpoint:

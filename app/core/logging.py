@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 
-# Log context bound per request besides `request_id` (by `app.auth.deps`); the request-context
+# Log context bound per request besides `request_id` (by `app.web.deps`); the request-context
 # middleware unbinds them when a request starts.
 REQUEST_LOG_KEYS = ("tenant", "principal")
 

@@ -10,9 +10,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.service import record
-from app.auth.principal import Principal
 from app.core.db import after_commit
 from app.core.errors import Conflict, Unprocessable
+from app.core.identity import Principal
 from app.core.outbound import OutboundRefused, check_outbound_url
 from app.core.pagination import PageParams, paginate
 from app.core.types import utcnow
@@ -21,7 +21,7 @@ from app.endpoints.models import Endpoint
 from app.endpoints.schemas import EndpointCreate, EndpointUpdate
 
 if TYPE_CHECKING:
-    from app.runtime import Runtime
+    from app.web.state import Runtime
 
 ENDPOINT_TOPIC = "endpoint"
 

@@ -29,14 +29,14 @@ import httpx
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.auth.principal import Principal, Role
 from app.core import jose
 from app.core.config import Settings
+from app.core.emails import normalize_email
+from app.core.identity import Principal, Role
 from app.core.jose import TokenError, VerificationKey
 from app.issuers import repository
 from app.issuers.jwks import InvalidKeySet, IssuerUnavailable, JwksCache, KeySet
 from app.issuers.service import inline_key_set
-from app.policies.engine import normalize_email
 
 log = structlog.get_logger("warden.satellite")
 

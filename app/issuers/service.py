@@ -10,9 +10,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.service import record
-from app.auth.principal import Principal
 from app.core.db import after_commit
 from app.core.errors import Conflict, Unprocessable
+from app.core.identity import Principal
 from app.core.outbound import OutboundRefused, check_outbound_url
 from app.core.pagination import PageParams
 from app.issuers import repository
@@ -21,7 +21,7 @@ from app.issuers.models import TrustedIssuer
 from app.issuers.schemas import IssuerCreate, IssuerPublic
 
 if TYPE_CHECKING:
-    from app.runtime import Runtime
+    from app.web.state import Runtime
 
 ISSUER_TOPIC = "issuer"
 MAX_ISSUERS_PER_TENANT = 100

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import re
 import reprlib
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal, TypeAlias, TypeGuard
@@ -26,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.core.emails import MAX_EMAIL_LENGTH, canonical_address, normalize_email
 from app.core.memo import IdentityMemo
 
 __all__ = [
@@ -52,7 +52,6 @@ __all__ = [
     "evaluate_access",
     "evaluate_rule",
     "evaluate_rules",
-    "normalize_email",
     "parse_rule_config",
     "reads_clock",
     "rule_config_adapter",
@@ -60,7 +59,6 @@ __all__ = [
     "validate_policy_configuration",
 ]
 
-MAX_EMAIL_LENGTH: Final = 254
 MAX_PATTERNS: Final = 500
 MAX_RULE_DEPTH: Final = 8
 MAX_RULE_NODES: Final = 100
@@ -72,48 +70,9 @@ MAX_RULE_LIST: Final = 100
 # --------------------------------------------------------------------------- emails and globs
 
 
-def _nfkc_lower(raw: str) -> str:
-    # A second NFKC pass because lower() can turn an NFKC string into a non-NFKC one
-    # (e.g. U+03AA + U+0301); without it normalisation would not be idempotent.
-    once = unicodedata.normalize("NFKC", raw.strip()).lower()
-    return unicodedata.normalize("NFKC", once)
-
-
-def _has_forbidden_char(text: str) -> bool:
-    # Category C covers control (Cc), format (Cf: zero-width and bidi overrides used for
-    # spoofing), surrogate, private-use and unassigned code points; none belongs in an address.
-    return any(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in text)
-
-
-def _check_address_shape(text: str, what: str) -> None:
-    if not text:
-        raise ValueError(f"{what} is empty")
-    if len(text) > MAX_EMAIL_LENGTH:
-        raise ValueError(f"{what} is longer than {MAX_EMAIL_LENGTH} characters")
-    if _has_forbidden_char(text):
-        raise ValueError(f"{what} contains whitespace or control characters")
-    if text.count("@") != 1:
-        raise ValueError(f"{what} must contain exactly one '@'")
-    local, domain = text.split("@")
-    if not local or not domain:
-        raise ValueError(f"{what} needs a non-empty local part and domain")
-
-
-def normalize_email(raw: str) -> str:
-    """Trim, NFKC-normalise and lower-case an email; raise ValueError unless it is one address."""
-    if not isinstance(raw, str):
-        raise ValueError("email must be a string")
-    email = _nfkc_lower(raw)
-    _check_address_shape(email, "email")
-    return email
-
-
 def validate_email_pattern(p: str) -> str:
     """Normalise a whole-email glob (only `*` and `?` are special); raise ValueError if invalid."""
-    if not isinstance(p, str):
-        raise ValueError("pattern must be a string")
-    pattern = _nfkc_lower(p)
-    _check_address_shape(pattern, "pattern")
+    pattern = canonical_address(p, "pattern")
     bad = sorted({ch for ch in pattern if ch in "[]\\"})
     if bad:
         raise ValueError(

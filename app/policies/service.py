@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.service import record
-from app.auth.principal import Principal
 from app.core.errors import Conflict, NotFound, Unprocessable
+from app.core.identity import Principal
 from app.core.pagination import PageParams, paginate
 from app.core.types import utcnow
 from app.endpoints import repository as endpoints
@@ -21,7 +21,7 @@ from app.policies.models import Policy
 from app.policies.schemas import PolicyCreate, PolicyUpdate
 
 if TYPE_CHECKING:
-    from app.runtime import Runtime
+    from app.web.state import Runtime
 
 MAX_POLICIES_PER_ENDPOINT = 100
 

@@ -9,8 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from app.apikeys.models import ApiKey
-from app.auth.models import RefreshToken
-from app.sessions.models import BrowserSession
+from app.credentials.models import BrowserSession, RefreshToken
 
 
 async def refresh_tokens_of(session: AsyncSession, user_id: uuid.UUID) -> list[RefreshToken]:

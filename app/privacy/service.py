@@ -27,8 +27,8 @@ from app.apikeys.schemas import ApiKeyPublic
 from app.audit import repository as audit_events
 from app.audit.schemas import AuditFilters, event_view
 from app.audit.service import SeqTally, record
-from app.auth.principal import Principal, Role
 from app.core.errors import Conflict, NotFound
+from app.core.identity import Principal, Role
 from app.core.types import utcnow
 from app.privacy import repository
 from app.privacy.schemas import BrowserSessionView, ProfileView, RefreshSessionView
@@ -39,7 +39,7 @@ from app.users.models import User
 from app.users.service import revoke_user_credentials
 
 if TYPE_CHECKING:
-    from app.runtime import Runtime
+    from app.web.state import Runtime
 
 
 def _tenant_key(master_key_entry: str, tenant_id: uuid.UUID) -> bytes:

@@ -11,10 +11,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditChainHead
-from app.audit.service import Actor, record
-from app.auth.principal import Principal, Role
+from app.audit.service import record
 from app.core.db import set_session_tenant
 from app.core.errors import Conflict, NotFound
+from app.core.identity import Actor, Principal, Role
 from app.core.types import utcnow
 from app.tenants.models import Tenant
 from app.tenants.schemas import TenantUpdate
@@ -22,7 +22,7 @@ from app.users.models import User
 from app.users.service import add_user
 
 if TYPE_CHECKING:
-    from app.runtime import Runtime
+    from app.web.state import Runtime
 
 
 async def get_by_slug(session: AsyncSession, slug: str) -> Tenant | None:

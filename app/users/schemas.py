@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from app.auth.principal import Role
+from app.core.identity import Role
 from app.core.schemas import EmailText, Password, PublicModel, StrictModel
 
 

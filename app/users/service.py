@@ -11,20 +11,20 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.audit.service import Actor, record
-from app.auth.models import RefreshToken
-from app.auth.principal import Principal, Role
+from app.audit.service import record
+from app.core.emails import normalize_email
 from app.core.errors import Conflict, Forbidden, Unprocessable
+from app.core.identity import Actor, Principal, Role
 from app.core.pagination import PageParams, paginate
 from app.core.passwords import hash_password, password_problem
 from app.core.types import utcnow
-from app.policies.engine import normalize_email
+from app.credentials.models import RefreshToken
 from app.users import repository
 from app.users.models import User
 from app.users.schemas import UserCreate, UserUpdate
 
 if TYPE_CHECKING:
-    from app.runtime import Runtime
+    from app.web.state import Runtime
 
 
 def normalise_email_or_422(raw: str) -> str:

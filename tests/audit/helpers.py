@@ -13,8 +13,9 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.models import AuditChainHead, AuditEvent
-from app.audit.service import Actor, EventData, actor_digest, append_events, link_hash
+from app.audit.service import EventData, actor_digest, append_events, link_hash
 from app.core.db import SKIP_TENANT_FILTER, make_engine, set_session_tenant
+from app.core.identity import Actor
 from app.core.types import utcnow
 
 

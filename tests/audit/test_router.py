@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app.audit.schemas import CSV_COLUMNS
-from app.audit.service import Actor, EventData, append_events
+from app.audit.service import EventData, append_events
+from app.core.identity import Actor
 from tests.audit.helpers import append_many, events, flush
 from tests.conftest import add_policy, make_endpoint
 

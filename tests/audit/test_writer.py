@@ -13,10 +13,11 @@ from sqlalchemy import func, select
 
 from app.audit import service as audit_service
 from app.audit.models import AuditEvent
-from app.audit.service import ANONYMOUS, AuditWriter
+from app.audit.service import AuditWriter
 from app.audit.verify import verify_chain
 from app.core.db import SKIP_TENANT_FILTER, set_session_tenant
 from app.core.errors import ServiceUnavailable
+from app.core.identity import ANONYMOUS
 from tests.conftest import make_tenant
 
 

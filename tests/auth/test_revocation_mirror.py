@@ -12,9 +12,9 @@ from datetime import timedelta
 import pytest
 from redis.asyncio import Redis
 
-from app.auth.revocation import RevocationStore
 from app.core.errors import ServiceUnavailable
 from app.core.invalidation import InvalidationBus
+from app.credentials.revocation import RevocationStore
 from tests.support.services import REDIS, needs_redis
 
 pytestmark = needs_redis

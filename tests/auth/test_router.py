@@ -346,7 +346,7 @@ class TestIssuer:
         assert claims["email"] == tenant.owner.email
 
     async def test_rotation_keeps_old_tokens_valid_and_publishes_both(self, client, runtime):
-        from app.auth.keys import rotate_signing_key
+        from app.credentials.signing import rotate_signing_key
 
         handle = await make_tenant(client)
         old_kid = pyjwt.get_unverified_header(handle.owner.access_token)["kid"]

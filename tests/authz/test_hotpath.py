@@ -1,4 +1,4 @@
-"""The decision routes are served ahead of FastAPI (`app.authz.hotpath`): bad input of any shape
+"""The decision routes are served ahead of FastAPI (`app.web.hotpath`): bad input of any shape
 still gets the one error shape, the edge middlewares still apply, and whatever the hot path
 does not take reaches FastAPI's own routes."""
 

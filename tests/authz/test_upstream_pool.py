@@ -12,7 +12,7 @@ import httpx
 import pytest
 from starlette.requests import ClientDisconnect
 
-from app.authz.proxy import UpstreamStream
+from app.authz.relay import UpstreamStream
 from app.authz.upstream import NoCookies, UpstreamTransport
 from tests.support.servers import free_port, serve_in_thread
 

@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from app.auth.principal import Role
-from app.authz.cache import CompiledEndpoint
+from app.authz.compiled import CompiledEndpoint
 from app.authz.decision import RequestFacts, Subject, evaluate
+from app.core.identity import Role
 from app.policies.engine import AccessConfig, AccessPolicy, RulePolicy, parse_rule_config
 
 

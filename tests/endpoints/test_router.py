@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from app.core.db import SKIP_TENANT_FILTER
-from app.secrets.models import UpstreamCredential
+from app.upstream_secrets.models import UpstreamCredential
 from tests.conftest import add_policy, make_endpoint
 
 SECRET = "sk-upstream-9f8e7d6c5b4a"
@@ -223,7 +223,7 @@ class TestCredential:
         self, client, tenant, other_tenant, runtime
     ):
         from app.core.crypto import DecryptionError
-        from app.secrets.service import decrypt_credential
+        from app.upstream_secrets.service import decrypt_credential
 
         eps = []
         for handle in (tenant, other_tenant):
@@ -296,7 +296,7 @@ def test_rotate_encryption_cli(database, tmp_path):
 
     from app.core.crypto import KeyRing, generate_master_key
     from app.core.db import make_engine
-    from app.secrets.service import decrypt_credential
+    from app.upstream_secrets.service import decrypt_credential
 
     old = os.environ["WARDEN_MASTER_KEY"]
     new = generate_master_key()

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.auth.principal import Role
+from app.core.identity import Role
 from app.core.jose import TokenError
 from app.issuers.satellite import (
     AmbiguousTenant,

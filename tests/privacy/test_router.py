@@ -16,8 +16,8 @@ from app.apikeys.models import ApiKey
 from app.audit.service import prune_chain
 from app.audit.verify import verify_chain
 from app.core.types import utcnow
+from app.credentials.models import BrowserSession
 from app.privacy.service import pseudonym
-from app.sessions.models import BrowserSession
 from tests.audit.helpers import events, flush, scoped, tamper
 from tests.conftest import PASSWORD, make_endpoint, make_tenant
 

@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 
 from app.audit.models import AuditEvent
 from app.core.db import set_session_tenant
-from app.sessions.models import BrowserSession
+from app.credentials.models import BrowserSession
 from tests.conftest import PASSWORD, TenantHandle
 
 ALLOWED_ORIGIN = "http://app.example"  # CORS_ORIGINS in tests/conftest.py

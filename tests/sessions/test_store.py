@@ -10,8 +10,8 @@ from redis.asyncio import Redis
 
 from app.core.db import set_session_tenant
 from app.core.errors import ServiceUnavailable
-from app.sessions.models import BrowserSession
-from app.sessions.store import SessionStore
+from app.credentials.browser import SessionStore
+from app.credentials.models import BrowserSession
 from tests.sessions.conftest import browser_login
 from tests.support.servers import free_port
 from tests.support.services import REDIS, needs_redis

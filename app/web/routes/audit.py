@@ -14,9 +14,9 @@ from app.audit.schemas import (
     audit_filters,
     event_view,
 )
-from app.auth.deps import AdminPrincipal, RuntimeDep, TenantSession
 from app.core.pagination import Page, PageParams, page_params
 from app.core.types import utcnow
+from app.web.deps import AdminPrincipal, RuntimeDep, TenantSession
 
 router = APIRouter(prefix="/audit-events", tags=["audit"])
 MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}

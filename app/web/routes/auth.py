@@ -7,7 +7,6 @@ from typing import Any
 from fastapi import APIRouter, Request, Response, status
 
 from app.auth import service
-from app.auth.deps import CurrentPrincipal, DbSession, RuntimeDep, TenantSession
 from app.auth.schemas import (
     LoginRequest,
     LogoutRequest,
@@ -20,6 +19,7 @@ from app.auth.schemas import (
 from app.core.ratelimit import limiter, login_limit
 from app.tenants.schemas import TenantPublic
 from app.users.schemas import UserPublic
+from app.web.deps import CurrentPrincipal, DbSession, RuntimeDep, TenantSession
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 well_known = APIRouter(tags=["issuer"])

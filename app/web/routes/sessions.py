@@ -8,27 +8,27 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response, status
 
 from app.apikeys.service import KEY_PREFIX
-from app.auth.deps import (
-    DbSession,
-    RuntimeDep,
-    TenantSession,
-    ViewerPrincipal,
-    authenticate_api_key,
-    bearer_token,
-)
-from app.auth.principal import Principal
-from app.core.config import Settings
-from app.core.errors import Unauthenticated
-from app.core.pagination import Page, PageParams, page_params
-from app.core.ratelimit import limiter, login_limit
-from app.sessions import service
-from app.sessions.schemas import (
+from app.browser_sessions import service
+from app.browser_sessions.schemas import (
     ExchangeRequest,
     ExchangeResponse,
     SessionCreate,
     SessionCreated,
     SessionInfo,
     SessionPublic,
+)
+from app.core.config import Settings
+from app.core.errors import Unauthenticated
+from app.core.identity import Principal
+from app.core.pagination import Page, PageParams, page_params
+from app.core.ratelimit import limiter, login_limit
+from app.web.deps import (
+    DbSession,
+    RuntimeDep,
+    TenantSession,
+    ViewerPrincipal,
+    authenticate_api_key,
+    bearer_token,
 )
 
 router = APIRouter(prefix="/sessions", tags=["browser sessions"])

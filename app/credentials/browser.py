@@ -26,8 +26,8 @@ from app.core.config import Settings
 from app.core.db import set_session_tenant
 from app.core.errors import ServiceUnavailable
 from app.core.types import utcnow
-from app.sessions import repository
-from app.sessions.models import BrowserSession
+from app.credentials import browser_repository as repository
+from app.credentials.models import BrowserSession
 from app.tenants.models import Tenant
 
 log = structlog.get_logger("warden.sessions")

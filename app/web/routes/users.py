@@ -6,10 +6,10 @@ import uuid
 
 from fastapi import APIRouter, Depends, Response, status
 
-from app.auth.deps import AdminPrincipal, RuntimeDep, TenantSession
 from app.core.pagination import Page, PageParams, page_params
 from app.users import repository, service
 from app.users.schemas import UserCreate, UserPublic, UserUpdate
+from app.web.deps import AdminPrincipal, RuntimeDep, TenantSession
 
 router = APIRouter(prefix="/users", tags=["users"])
 

@@ -17,18 +17,18 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.audit.service import AuditWriter
-from app.auth.keys import SigningKeyring
-from app.auth.revocation import RevocationStore
 from app.authz.bindings import BindingIndex
-from app.authz.cache import ApiKeyCache, EndpointCache
+from app.authz.compiled import ApiKeyCache, EndpointCache
 from app.authz.upstream import NoCookies, UpstreamTransport
 from app.core.config import Settings
 from app.core.crypto import KeyRing
 from app.core.db import make_engine
 from app.core.invalidation import InvalidationBus
 from app.core.ratelimit import AsyncLimiter
+from app.credentials.browser import SessionStore
+from app.credentials.revocation import RevocationStore
+from app.credentials.signing import SigningKeyring
 from app.issuers.satellite import SatelliteVerifier
-from app.sessions.store import SessionStore
 
 log = structlog.get_logger("warden.runtime")
 KEY_RELOAD_SECONDS = 60

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from app.auth.deps import AdminPrincipal, OwnerPrincipal, RuntimeDep, TenantSession, ViewerPrincipal
 from app.tenants import service
 from app.tenants.schemas import TenantPublic, TenantUpdate
+from app.web.deps import AdminPrincipal, OwnerPrincipal, RuntimeDep, TenantSession, ViewerPrincipal
 
 router = APIRouter(prefix="/tenant", tags=["tenant"])
 

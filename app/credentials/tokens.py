@@ -7,11 +7,11 @@ import uuid
 from collections import OrderedDict
 from typing import Any
 
-from app.auth.principal import Principal, Role
 from app.core import jose
-from app.runtime import Runtime
+from app.core.identity import Principal, Role
 from app.tenants.models import Tenant
 from app.users.models import User
+from app.web.state import Runtime
 
 _CACHE_MAX = 10_000
 

@@ -1,4 +1,5 @@
-"""Who is calling: one `Principal` type whatever the credential, and the role ladder."""
+"""Identity value types: who is calling (`Principal`, whatever the credential), the role ladder,
+and how a caller appears in the audit trail (`Actor`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from app.audit.service import Actor
+
+@dataclass(frozen=True)
+class Actor:
+    """Who did it: `user`, `api_key`, `satellite`, `service`, `anonymous` or `system`."""
+
+    type: str
+    id: str | None = None
+    email: str | None = None
+
+
+ANONYMOUS = Actor("anonymous")
+SYSTEM = Actor("system")
 
 
 class Role(StrEnum):

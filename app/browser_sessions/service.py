@@ -16,25 +16,25 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.audit.service import ANONYMOUS, Actor, record
-from app.auth.principal import Principal, Role
+from app.audit.service import record
 from app.auth.service import verify_login
-from app.auth.tokens import access_ttl_for, issue_user_access_token
+from app.browser_sessions.schemas import ExchangeResponse, SessionCreate, SessionPublic
 from app.core.config import Settings
 from app.core.context import current_request
 from app.core.db import set_session_tenant
 from app.core.errors import Forbidden, NotFound, Unauthenticated
+from app.core.identity import ANONYMOUS, Actor, Principal, Role
 from app.core.pagination import PageParams, paginate
 from app.core.types import utcnow
-from app.sessions import repository
-from app.sessions.models import BrowserSession
-from app.sessions.schemas import ExchangeResponse, SessionCreate, SessionPublic
-from app.sessions.store import SessionRecord, hash_secret, session_timeouts
+from app.credentials import browser_repository as repository
+from app.credentials.browser import SessionRecord, hash_secret, session_timeouts
+from app.credentials.models import BrowserSession
+from app.credentials.tokens import access_ttl_for, issue_user_access_token
 from app.tenants.service import get_tenant
 from app.users.models import User
 
 if TYPE_CHECKING:
-    from app.runtime import Runtime
+    from app.web.state import Runtime
 
 SESSION_COOKIE = "session_id"
 CSRF_COOKIE = "csrf_token"

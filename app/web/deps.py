@@ -10,15 +10,14 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.apikeys.service import KEY_PREFIX, expired, hash_key
-from app.audit.service import ANONYMOUS, Actor
-from app.auth.principal import Principal, Role
-from app.auth.tokens import VerifiedTokenCache, verify_local_token
+from app.browser_sessions.service import SESSION_COOKIE, authenticate_cookie
 from app.core import jose
 from app.core.db import run_post_commit, set_session_tenant
 from app.core.errors import AppError, Forbidden, ServiceUnavailable, Unauthenticated
+from app.core.identity import ANONYMOUS, Actor, Principal, Role
+from app.credentials.tokens import VerifiedTokenCache, verify_local_token
 from app.issuers.satellite import AmbiguousTenant, IssuerUnavailable
-from app.runtime import Runtime
-from app.sessions.service import SESSION_COOKIE, authenticate_cookie
+from app.web.state import Runtime
 
 log = structlog.get_logger("warden.auth")
 _verified = VerifiedTokenCache()

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Response, status
 
 from app.apikeys import service
 from app.apikeys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
-from app.auth.deps import AdminPrincipal, RuntimeDep, TenantSession
 from app.core.pagination import Page, PageParams, page_params
+from app.web.deps import AdminPrincipal, RuntimeDep, TenantSession
 
 router = APIRouter(prefix="/api-keys", tags=["api keys"])
 

@@ -11,7 +11,7 @@ from sqlalchemy import Select, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import SKIP_TENANT_FILTER
-from app.sessions.models import BrowserSession
+from app.credentials.models import BrowserSession
 from app.tenants.models import Tenant
 from app.users.models import User
 

@@ -26,10 +26,10 @@ from redis.asyncio import Redis
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.auth.models import Revocation
 from app.core.errors import ServiceUnavailable
 from app.core.invalidation import CHANNEL, InvalidationBus
 from app.core.types import utcnow
+from app.credentials.models import Revocation
 
 log = structlog.get_logger("warden.revocation")
 _PREFIX = "warden:revoked:"

@@ -28,7 +28,7 @@ from app.policies.engine import (
     reads_clock,
 )
 from app.policies.models import Policy
-from app.secrets.service import decrypt_credential, find_credential
+from app.upstream_secrets.service import decrypt_credential, find_credential
 
 V = TypeVar("V")
 TTL_SECONDS = 60.0

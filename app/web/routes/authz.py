@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from app.auth.deps import CurrentPrincipal, RuntimeDep, TenantSession, ViewerPrincipal
-from app.authz import forward, istio, service
+from app.authz import gateway, istio, service
 from app.authz.schemas import CheckRequest, CheckResponse
 from app.core.schemas import Slug
+from app.web.deps import CurrentPrincipal, RuntimeDep, TenantSession, ViewerPrincipal
 
 router = APIRouter(tags=["enforcement"])
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
@@ -57,13 +57,13 @@ async def check(
 async def forward_auth(request: Request, runtime: RuntimeDep) -> Response:
     """The auth service of nginx `auth_request`, Traefik `forwardAuth` and Envoy `ext_authz`
     (whose check path is `/authz/forward/<original path>`); see docs/gateways.md."""
-    return await forward.forward_auth(runtime, request)
+    return await gateway.forward_auth(runtime, request)
 
 
 @router.api_route("/authz/forward/{path:path}", methods=FORWARD_METHODS, include_in_schema=False)
 async def forward_auth_suffixed(path: str, request: Request, runtime: RuntimeDep) -> Response:
     """`/authz/forward` for Envoy, which appends the original path to the check request's."""
-    return await forward.forward_auth(runtime, request, suffix=path)
+    return await gateway.forward_auth(runtime, request, suffix=path)
 
 
 @router.get(

@@ -8,7 +8,7 @@ costs about 75 µs a request (a bare FastAPI hello-world answers 10k req/s, a ba
 middlewares as every other route (request context, CORS, global limit, built from one list);
 everything else goes to FastAPI. FastAPI's optional native telemetry does not wrap them.
 `DecisionRoutes` calls the same functions as the FastAPI routes in `router.py`
-(authentication, `service.check`, `service.query`, `forward.forward_auth`) and the same error
+(authentication, `service.check`, `service.query`, `gateway.forward_auth`) and the same error
 renderers as the app's handlers, so behaviour is one piece of code. The FastAPI routes remain
 the documented contract (OpenAPI) and serve every request these do not take."""
 
@@ -23,9 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.auth.deps import current_principal
-from app.authz import forward, service
-from app.authz.router import FORWARD_METHODS
+from app.authz import gateway, service
 from app.authz.schemas import CheckRequest
 from app.core.errors import (
     AppError,
@@ -35,6 +33,8 @@ from app.core.errors import (
 )
 from app.core.middleware import BodyTooLarge
 from app.core.schemas import SLUG_PATTERN
+from app.web.deps import current_principal
+from app.web.routes.authz import FORWARD_METHODS
 
 _SLUG = re.compile(SLUG_PATTERN)
 _QUERY_SUFFIX = "/query"
@@ -112,7 +112,7 @@ class DecisionRoutes:
             if kind == "forward":
                 if arg is not None:
                     scope["path_params"]["path"] = arg
-                response = await forward.forward_auth(runtime, request, suffix=arg)
+                response = await gateway.forward_auth(runtime, request, suffix=arg)
             else:
                 assert arg is not None  # noqa: S101  (a query route always has its slug)
                 scope["path_params"]["slug"] = arg

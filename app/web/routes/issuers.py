@@ -6,10 +6,10 @@ import uuid
 
 from fastapi import APIRouter, Depends, Response, status
 
-from app.auth.deps import AdminPrincipal, RuntimeDep, TenantSession
 from app.core.pagination import Page, PageParams, page_params
 from app.issuers import service
 from app.issuers.schemas import IssuerCreate, IssuerPublic
+from app.web.deps import AdminPrincipal, RuntimeDep, TenantSession
 
 router = APIRouter(prefix="/issuers", tags=["trusted issuers"])
 

@@ -6,15 +6,15 @@ import uuid
 
 from fastapi import APIRouter, Depends, Response, status
 
-from app.auth.deps import AdminPrincipal, RuntimeDep, TenantSession, ViewerPrincipal
 from app.core.pagination import Page, PageParams, page_params
 from app.core.schemas import Slug
 from app.endpoints import repository, service
 from app.endpoints.schemas import CredentialInfo, EndpointCreate, EndpointPublic, EndpointUpdate
 from app.policies import service as policies
 from app.policies.schemas import PolicyCreate, PolicyPublic, PolicyUpdate
-from app.secrets import service as secrets
-from app.secrets.service import CredentialPut
+from app.upstream_secrets import service as secrets
+from app.upstream_secrets.service import CredentialPut
+from app.web.deps import AdminPrincipal, RuntimeDep, TenantSession, ViewerPrincipal
 
 router = APIRouter(prefix="/endpoints", tags=["endpoints"])
 

@@ -13,18 +13,18 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.service import record
-from app.auth.principal import Principal
 from app.core.crypto import KeyRing
 from app.core.db import SKIP_TENANT_FILTER
 from app.core.errors import NotFound
+from app.core.identity import Principal
 from app.core.schemas import StrictModel
 from app.core.types import utcnow
 from app.endpoints import repository as endpoints
 from app.endpoints.service import invalidate_after_commit
-from app.secrets.models import UpstreamCredential
+from app.upstream_secrets.models import UpstreamCredential
 
 if TYPE_CHECKING:
-    from app.runtime import Runtime
+    from app.web.state import Runtime
 
 _TOKEN = re.compile(r"\A[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}\Z")
 # Headers Warden sets or that would break the forwarded request.

@@ -22,17 +22,16 @@ from urllib.parse import quote
 from fastapi import Request, Response
 
 from app.apikeys.service import KEY_PREFIX
-from app.audit.service import ANONYMOUS, Actor
-from app.auth.deps import authenticate_api_key, authenticate_token, bearer_token
-from app.auth.principal import Principal
 from app.authz.bindings import Binding, covers, normalize_path, prefix_of, split_host
-from app.authz.cache import CompiledEndpoint
+from app.authz.compiled import CompiledEndpoint
 from app.authz.decision import RequestFacts, Subject, Verdict, check_limits, evaluate, may_query
 from app.core.context import current_request
 from app.core.errors import AppError, Unauthenticated
+from app.core.identity import ANONYMOUS, Actor, Principal
+from app.web.deps import authenticate_api_key, authenticate_token, bearer_token
 
 if TYPE_CHECKING:
-    from app.runtime import Runtime
+    from app.web.state import Runtime
 
 FORWARD_SCOPE = "authz:forward"
 AUDIT_ACTION = "gateway.forward"

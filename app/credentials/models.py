@@ -1,4 +1,5 @@
-"""Tables of the auth domain: signing keys, refresh tokens, the revocation list."""
+"""Tables of the credentials domain: signing keys, refresh tokens, the revocation list, browser
+sessions."""
 
 from __future__ import annotations
 
@@ -52,3 +53,22 @@ class Revocation(SQLModel, table=True):
     subject: str = Field(primary_key=True, max_length=128)
     min_version: int = Field(default=0)
     expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+
+
+class BrowserSession(SQLModel, table=True):
+    """A logged-in browser. `token_hash` is SHA-256 of the cookie value; `csrf_hash` of the
+    CSRF token bound to it."""
+
+    __tablename__ = "browser_sessions"
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    tenant_id: uuid.UUID = Field(foreign_key="tenants.id", ondelete="CASCADE", index=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    token_hash: str = Field(max_length=64, unique=True, index=True)
+    csrf_hash: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    last_seen_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    user_agent: str | None = Field(default=None, max_length=512)
+    ip: str | None = Field(default=None, max_length=64)

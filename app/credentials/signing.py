@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.auth.models import SigningKey
 from app.core import jose
 from app.core.crypto import KeyRing
 from app.core.types import utcnow
+from app.credentials.models import SigningKey
 
 log = structlog.get_logger("warden.keys")
 ALG = "ES256"

@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response, status
 from fastapi.responses import StreamingResponse
 
-from app.auth.deps import CurrentPrincipal, RuntimeDep, TenantSession
-from app.auth.principal import Principal
 from app.core.errors import Forbidden
+from app.core.identity import Principal
 from app.privacy import service
 from app.privacy.schemas import MeExport
+from app.web.deps import CurrentPrincipal, RuntimeDep, TenantSession
 
 router = APIRouter(prefix="/me", tags=["privacy"])
 

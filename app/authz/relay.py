@@ -9,10 +9,10 @@ from fastapi import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from app.auth.principal import Principal
-from app.authz.cache import CompiledEndpoint
+from app.authz.compiled import CompiledEndpoint
 from app.core.context import current_request
 from app.core.errors import UpstreamError, UpstreamTimeout
+from app.core.identity import Principal
 from app.core.outbound import OutboundRefused, check_outbound_url
 
 # Only these request headers travel upstream; credentials of the caller never do.

@@ -1,0 +1,1 @@
+"""Signing keys, access and refresh tokens, revocations and the browser-session store."""
