@@ -1,1 +1,1 @@
-"""The web layer: per-process state, request dependencies, the one authenticator, the hot path, routes."""
+"""The web layer: per-process state, request dependencies, the authenticator, hot path, routes."""
