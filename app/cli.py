@@ -273,8 +273,9 @@ async def serve_both(
     from fastapi import FastAPI
 
     from app.internal import create_internal_app
+    from app.lifespan import settle_heap
     from app.main import create_app
-    from app.web.state import Runtime, settle_heap
+    from app.web.state import Runtime
 
     class _Server(uvicorn.Server):
         # uvicorn would install process-wide signal handlers per server, each replacing the

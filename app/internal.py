@@ -15,9 +15,10 @@ from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
+from app.lifespan import runtime_lifespan
 from app.web.routes.health import router as health_router
 from app.web.routes.sessions import internal_router
-from app.web.state import Runtime, runtime_lifespan
+from app.web.state import Runtime
 
 
 def create_internal_app(

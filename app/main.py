@@ -14,6 +14,7 @@ from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.ratelimit import GlobalRateLimitMiddleware, limiter, rate_limit_exceeded_handler
+from app.lifespan import runtime_lifespan
 from app.web.hotpath import DecisionRoutes, HotPath
 from app.web.routes.apikeys import router as apikeys_router
 from app.web.routes.audit import router as audit_router
@@ -27,7 +28,7 @@ from app.web.routes.privacy import router as privacy_router
 from app.web.routes.sessions import router as sessions_router
 from app.web.routes.tenants import router as tenant_router
 from app.web.routes.users import router as users_router
-from app.web.state import Runtime, runtime_lifespan
+from app.web.state import Runtime
 
 API_PREFIX = "/api/v1"
 

@@ -7,7 +7,6 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -15,15 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.apikeys.models import ApiKey
 from app.apikeys.schemas import ApiKeyCreate
 from app.audit.service import record
-from app.core.db import SKIP_TENANT_FILTER, after_commit
+from app.core.db import SKIP_TENANT_FILTER
 from app.core.errors import Conflict, NotFound, Unprocessable
 from app.core.identity import Principal
+from app.core.invalidation import InvalidationBus
 from app.core.pagination import PageParams, paginate
 from app.core.types import utcnow
 from app.tenants.models import Tenant
-
-if TYPE_CHECKING:
-    from app.web.state import Runtime
 
 KEY_PREFIX = "wk_"
 APIKEY_TOPIC = "apikey"
@@ -110,7 +107,7 @@ async def create_key(
 
 
 async def revoke_key(
-    session: AsyncSession, runtime: Runtime, principal: Principal, key_id: uuid.UUID
+    session: AsyncSession, bus: InvalidationBus, principal: Principal, key_id: uuid.UUID
 ) -> None:
     """Revoke a key; every process refuses it from the commit on."""
     row = await session.get(ApiKey, key_id)
@@ -128,12 +125,7 @@ async def revoke_key(
             target_id=str(row.id),
             details={"prefix": row.prefix},
         )
-    key_hash = row.key_hash
-
-    async def publish() -> None:
-        await runtime.bus.publish(APIKEY_TOPIC, key_hash)
-
-    after_commit(session, publish)
+    bus.publish_after_commit(session, APIKEY_TOPIC, row.key_hash)
 
 
 def expired(resolved: ResolvedKey, now: datetime | None = None) -> bool:

@@ -9,23 +9,17 @@ a TTL bounds staleness should an invalidation ever be lost.
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
 
 import structlog
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.authz.compiled import _Cache  # the same TTL + generation-checked cache as endpoints
-from app.core.db import SKIP_TENANT_FILTER
-from app.endpoints.models import Endpoint
-from app.tenants.models import Tenant
+from app.core.cache import TtlCache
+from app.core.hosts import covers, prefix_of, split_host
+from app.endpoints import service as endpoints
 
 log = structlog.get_logger("warden.bindings")
-_NAME = re.compile(r"\A[a-z0-9_]([a-z0-9_.-]{0,252})\Z")
-_BRACKETED = re.compile(r"\A\[[0-9a-f:.]{2,45}\]\Z")
 
 
 @dataclass(frozen=True)
@@ -40,56 +34,6 @@ class Binding:
     rank: tuple[float, str]  # (created_at, id): the earliest binding of a host owns it
 
 
-def split_host(raw: str | None) -> tuple[str, str | None] | None:
-    """`Example.COM.:8080` → ("example.com", "8080"); None when it is not a plausible host."""
-    if not raw:
-        return None
-    value = raw.split(",")[0].strip().lower()
-    name, port = value, None
-    head, sep, tail = value.rpartition(":")
-    if sep and tail.isascii() and tail.isdigit() and (head.endswith("]") or "[" not in head):
-        name, port = head, tail
-        if len(port) > 5 or int(port) > 65535:
-            return None
-    name = name.rstrip(".")
-    if not (_NAME.match(name) or _BRACKETED.match(name)):
-        return None
-    return name, port
-
-
-def normalize_path(raw: str | None, *, decode: bool = True) -> str:
-    """The path a decision is about: query dropped, percent-decoded once (unless the server
-    already did), dot segments resolved and empty segments dropped, so `/health/../admin` and
-    `/health%2F..%2Fadmin` are `/admin` and can never pass for an exempt `/health`."""
-    if not raw:
-        return "/"
-    value = raw.split("?", 1)[0].split("#", 1)[0]
-    if not value.startswith("/"):
-        value = urlsplit(value).path if "://" in value else "/" + value
-    if decode:
-        value = unquote(value)
-    segments: list[str] = []
-    for segment in value.split("/"):
-        if segment in ("", "."):
-            continue
-        if segment == "..":
-            if segments:
-                segments.pop()
-            continue
-        segments.append(segment)
-    return "/" + "/".join(segments)
-
-
-def prefix_of(path_prefix: str | None) -> str:
-    """A binding's prefix in the form `covers` expects ("" for none or `/`)."""
-    return "" if not path_prefix else normalize_path(path_prefix, decode=False).rstrip("/")
-
-
-def covers(prefix: str, path: str) -> bool:
-    """Segment-prefix match: `/api` covers `/api` and `/api/x`, never `/apix`."""
-    return not prefix or path == prefix or path.startswith(prefix + "/")
-
-
 def _specificity(binding: Binding) -> tuple[int, bool]:
     return len(binding.prefix), ":" in binding.host
 
@@ -99,7 +43,7 @@ class BindingIndex:
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         self.sessionmaker = sessionmaker
-        self.cache: _Cache[tuple[Binding, ...]] = _Cache()
+        self.cache: TtlCache[tuple[Binding, ...]] = TtlCache()
 
     def invalidate(self, key: str | None) -> None:
         """Any endpoint change drops every host: the key names the endpoint, not its old host."""
@@ -132,24 +76,8 @@ class BindingIndex:
 
     async def _load(self, name: str, port: str | None) -> tuple[Binding, ...]:
         hosts = [name, f"{name}:{port}"] if port else [name]
-        stmt = (
-            select(  # type: ignore[call-overload]
-                Endpoint.id,
-                Endpoint.tenant_id,
-                Endpoint.slug,
-                Endpoint.host,
-                Endpoint.path_prefix,
-                Endpoint.created_at,
-                Tenant.slug.label("tenant_slug"),  # type: ignore[attr-defined]
-            )
-            .join(Tenant, Tenant.id == Endpoint.tenant_id)
-            .where(Endpoint.host.in_(hosts))  # type: ignore[union-attr]
-            # Across tenants on purpose: a gateway names a host, not a tenant; the caller then
-            # requires the principal's tenant to own the binding it gets.
-            .execution_options(**{SKIP_TENANT_FILTER: True})
-        )
         async with self.sessionmaker() as session:
-            rows = (await session.execute(stmt)).all()
+            rows = await endpoints.bound_to_hosts(session, hosts)
         found = [
             Binding(
                 tenant_id=row.tenant_id,

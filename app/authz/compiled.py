@@ -1,22 +1,21 @@
-"""Per-process caches of what the hot path needs: endpoints compiled with their policies and
-credential, and resolved API keys. Invalidated across processes through the invalidation bus;
-a TTL bounds staleness should a message ever be lost."""
+"""The compiled endpoint: an endpoint with its enabled policies parsed and its credential
+decrypted, as the decision needs it, and the per-process cache of them. Invalidated across
+processes through the invalidation bus (topic `endpoint`); a TTL bounds staleness should a
+message ever be lost."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Generic, TypeVar
 
 from limits import RateLimitItem, RateLimitItemPerSecond
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.apikeys.service import ResolvedKey, resolve_key
+from app.core.cache import TtlCache
 from app.core.crypto import KeyRing
 from app.core.db import set_session_tenant
+from app.endpoints import service as endpoints
 from app.endpoints.models import Endpoint
 from app.endpoints.service import cache_key
 from app.policies.engine import (
@@ -28,11 +27,8 @@ from app.policies.engine import (
     reads_clock,
 )
 from app.policies.models import Policy
+from app.policies.service import policies_of
 from app.upstream_secrets.service import decrypt_credential, find_credential
-
-V = TypeVar("V")
-TTL_SECONDS = 60.0
-MAX_ENTRIES = 50_000
 
 
 @dataclass(frozen=True)
@@ -78,34 +74,6 @@ class CompiledEndpoint:
         return str(self.tenant_id)
 
 
-class _Cache(Generic[V]):
-    """A dict with TTL and generation-checked fills (a fill racing an invalidation is dropped)."""
-
-    def __init__(self, ttl: float = TTL_SECONDS) -> None:
-        self.ttl = ttl
-        self.entries: dict[str, tuple[float, V]] = {}
-        self.generation = 0
-
-    def get(self, key: str) -> tuple[bool, V | None]:
-        entry = self.entries.get(key)
-        if entry is None or time.monotonic() - entry[0] > self.ttl:
-            return False, None
-        return True, entry[1]
-
-    def put(self, key: str, value: V, generation: int) -> None:
-        if generation == self.generation:
-            if len(self.entries) >= MAX_ENTRIES:  # bounded: random keys cannot grow it forever
-                self.entries.clear()
-            self.entries[key] = (time.monotonic(), value)
-
-    def invalidate(self, key: str | None) -> None:
-        self.generation += 1
-        if key is None:
-            self.entries.clear()
-        else:
-            self.entries.pop(key, None)
-
-
 def compile_endpoint(
     endpoint: Endpoint, policies: list[Policy], credential: tuple[str, str] | None
 ) -> CompiledEndpoint:
@@ -147,7 +115,7 @@ class EndpointCache:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], master: KeyRing) -> None:
         self.sessionmaker = sessionmaker
         self.master = master
-        self.cache: _Cache[CompiledEndpoint | None] = _Cache()
+        self.cache: TtlCache[CompiledEndpoint | None] = TtlCache()
 
     def invalidate(self, key: str | None) -> None:
         """Drop one endpoint (`tenant:slug`) or everything."""
@@ -167,41 +135,10 @@ class EndpointCache:
     async def _load(self, tenant_id: uuid.UUID, slug: str) -> CompiledEndpoint | None:
         async with self.sessionmaker() as session:
             set_session_tenant(session, tenant_id)
-            endpoint = (
-                await session.execute(select(Endpoint).where(Endpoint.slug == slug))  # type: ignore[arg-type]
-            ).scalar_one_or_none()
+            endpoint = await endpoints.find_by_slug(session, slug)
             if endpoint is None:
                 return None
-            policies = list(
-                (
-                    await session.execute(
-                        select(Policy).where(Policy.endpoint_id == endpoint.id)  # type: ignore[arg-type]
-                    )
-                ).scalars()
-            )
+            policies = await policies_of(session, endpoint.id)
             row = await find_credential(session, endpoint.id)
             credential = (row.header, decrypt_credential(self.master, row)) if row else None
             return compile_endpoint(endpoint, policies, credential)
-
-
-class ApiKeyCache:
-    """key hash → resolved key (or None: unknown key, also cached briefly)."""
-
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
-        self.sessionmaker = sessionmaker
-        self.cache: _Cache[ResolvedKey | None] = _Cache()
-
-    def invalidate(self, key: str | None) -> None:
-        """Drop one key hash or everything."""
-        self.cache.invalidate(key)
-
-    async def get(self, key_hash: str, presented: str) -> ResolvedKey | None:
-        """The key behind a presented secret."""
-        hit, value = self.cache.get(key_hash)
-        if hit:
-            return value
-        generation = self.cache.generation
-        async with self.sessionmaker() as session:
-            value = await resolve_key(session, presented)
-        self.cache.put(key_hash, value, generation)
-        return value

@@ -30,15 +30,7 @@ class Subject:
 
     @classmethod
     def of(cls, principal: Principal) -> Subject:
-        """The subject of an authenticated principal (made once per principal object: a cached
-        token yields the same principal on each of its requests)."""
-        subject = _SUBJECTS.get(id(principal), principal)
-        if subject is None:
-            subject = _SUBJECTS.put(id(principal), principal, cls._build(principal))
-        return subject
-
-    @classmethod
-    def _build(cls, principal: Principal) -> Subject:
+        """The subject of an authenticated principal."""
         claims = dict(principal.claims)
         claims.setdefault("sub", f"{principal.kind}:{principal.id}")
         claims.setdefault("email", principal.email)
@@ -52,9 +44,6 @@ class Subject:
             scopes=principal.scopes,
             claims=claims,
         )
-
-
-_SUBJECTS: IdentityMemo[Subject] = IdentityMemo(10_000)
 
 
 @dataclass(frozen=True)
@@ -88,38 +77,54 @@ def may_query(subject: Subject, scope: str = "endpoints:query") -> Verdict | Non
     return None
 
 
-def evaluate(
-    endpoint: CompiledEndpoint,
-    subject: Subject,
-    facts: RequestFacts,
-    *,
-    explain: bool = False,
-    remember: bool = True,
-) -> Verdict:
-    """Endpoint state, access and rule policies (no rate limits). Rule comparisons are described
-    in the reasons only when `explain` (an admin's `/authz/check`): nobody else sees them.
+class Decider:
+    """The pure part of a decision (endpoint state, access and rule policies), with the memos
+    that spare repeating it. One per process (built with the web state), so two apps in one
+    process never share answers.
 
-    The verdict is a pure function of the compiled endpoint, the subject and the request facts
+    A verdict is a pure function of the compiled endpoint, the subject and the request facts
     (unless a rule reads the clock), and both objects are cached and replaced, never changed:
     a caller asking the same endpoint the same way again gets the remembered verdict. A policy
     change compiles a new endpoint object, so it is never answered from an old verdict."""
-    if not remember or endpoint.reads_clock:
-        return _evaluate(endpoint, subject, facts, explain)
-    key = (id(endpoint), id(subject), facts.method, facts.path, facts.ip, explain)
-    verdict = _VERDICTS.get(key, endpoint, subject)
-    if verdict is None:
-        verdict = _VERDICTS.put(
-            key, endpoint, _evaluate(endpoint, subject, facts, explain), subject
-        )
-    return verdict
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._subjects: IdentityMemo[Subject] = IdentityMemo(size)
+        self._verdicts: IdentityMemo[Verdict] = IdentityMemo(size)
+
+    def subject(self, principal: Principal) -> Subject:
+        """The subject of a principal, made once per principal object (a cached token yields
+        the same principal on each of its requests)."""
+        subject = self._subjects.get(id(principal), principal)
+        if subject is None:
+            subject = self._subjects.put(id(principal), principal, Subject.of(principal))
+        return subject
+
+    def evaluate(
+        self,
+        endpoint: CompiledEndpoint,
+        subject: Subject,
+        facts: RequestFacts,
+        *,
+        explain: bool = False,
+        remember: bool = True,
+    ) -> Verdict:
+        """Endpoint state, access and rule policies (no rate limits). Rule comparisons are
+        described in the reasons only when `explain` (an admin's `/authz/check`)."""
+        if not remember or endpoint.reads_clock:
+            return evaluate(endpoint, subject, facts, explain)
+        key = (id(endpoint), id(subject), facts.method, facts.path, facts.ip, explain)
+        verdict = self._verdicts.get(key, endpoint, subject)
+        if verdict is None:
+            verdict = self._verdicts.put(
+                key, endpoint, evaluate(endpoint, subject, facts, explain), subject
+            )
+        return verdict
 
 
-_VERDICTS: IdentityMemo[Verdict] = IdentityMemo(10_000)
-
-
-def _evaluate(
-    endpoint: CompiledEndpoint, subject: Subject, facts: RequestFacts, explain: bool
+def evaluate(
+    endpoint: CompiledEndpoint, subject: Subject, facts: RequestFacts, explain: bool = False
 ) -> Verdict:
+    """Endpoint state → access policies → rule policies, evaluated afresh."""
     if not endpoint.is_active:
         return Verdict(False, "endpoint_disabled", None, ["endpoint is disabled"])
     access = evaluate_access(endpoint.access, subject.email)

@@ -13,25 +13,20 @@ A warm request makes no database round trip: bindings, endpoints, tokens and API
 from __future__ import annotations
 
 import re
-import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from fastapi import Request, Response
 
-from app.apikeys.service import KEY_PREFIX
-from app.authz.bindings import Binding, covers, normalize_path, prefix_of, split_host
-from app.authz.compiled import CompiledEndpoint
-from app.authz.decision import RequestFacts, Subject, Verdict, check_limits, evaluate, may_query
+from app.authz.bindings import Binding, BindingIndex
+from app.authz.compiled import CompiledEndpoint, EndpointCache
+from app.authz.decision import RequestFacts
+from app.authz.pipeline import DecisionPipeline
 from app.core.context import current_request
-from app.core.errors import AppError, Unauthenticated
+from app.core.errors import AppError
+from app.core.hosts import covers, normalize_path, prefix_of, split_host
 from app.core.identity import ANONYMOUS, Actor, Principal
-from app.web.deps import authenticate_api_key, authenticate_token, bearer_token
-
-if TYPE_CHECKING:
-    from app.web.state import Runtime
 
 FORWARD_SCOPE = "authz:forward"
 AUDIT_ACTION = "gateway.forward"
@@ -150,164 +145,92 @@ def _answer(status: int, code: str | None, headers: Mapping[str, str] | None = N
     return Response(status_code=status, headers=out)
 
 
-def _audit(
-    runtime: Runtime,
-    fwd: ForwardedRequest,
-    *,
-    tenant_id: uuid.UUID | None,
-    actor: Actor,
-    outcome: str,
-    code: str,
-    endpoint: CompiledEndpoint | None = None,
-    policy: str | None = None,
-) -> None:
-    runtime.audit.submit(
-        tenant_id=tenant_id,
-        action=AUDIT_ACTION,
-        actor=actor,
-        outcome=outcome,
-        target_type="endpoint" if endpoint else None,
-        target_id=endpoint.id_text if endpoint else None,
-        details={
-            "host": (fwd.host or "")[:255],
-            "method": fwd.method,
-            "path": fwd.path[:512],
-            "code": code,
-            "endpoint": endpoint.slug if endpoint else None,
-            "policy": policy,
-        },
-    )
+# How the caller of a gateway request is authenticated: the web layer's one authenticator in
+# its gateway mode (the binding's tenant picks among tenants trusting one issuer).
+Authenticate = Callable[[Request, Binding], Awaitable[Principal]]
 
 
-async def _authenticate(runtime: Runtime, request: Request, binding: Binding) -> Principal:
-    """`Authorization: Bearer` (JWT or `wk_` key) or `X-API-Key`, else the forward cookie.
+@dataclass(frozen=True)
+class Gateway:
+    """What a gateway decision uses: the binding index, the compiled endpoints, the pipeline,
+    the authenticator and the identity headers to answer with."""
 
-    The binding's tenant, not a client's `X-Tenant`, picks the tenant of a satellite token whose
-    issuer several tenants trust: the host decides whom a gateway request is for."""
-    token = bearer_token(request)
-    api_key = request.headers.get("x-api-key")
-    if token is not None and api_key is not None:
-        raise Unauthenticated("Send one credential, not two.", code="ambiguous_credentials")
-    if api_key is not None:
-        return await authenticate_api_key(runtime, api_key.strip())
-    if token is None:
-        token = request.cookies.get(runtime.settings.forward_auth_cookie, "").strip()
-        if not token:
-            raise Unauthenticated()
-    if token.startswith(KEY_PREFIX):
-        return await authenticate_api_key(runtime, token)
-    return await authenticate_token(runtime, token, binding.tenant_slug)
+    bindings: BindingIndex
+    endpoints: EndpointCache
+    pipeline: DecisionPipeline
+    authenticate: Authenticate
+    identity_headers: Mapping[str, str]
 
-
-async def forward_auth(runtime: Runtime, request: Request, suffix: str | None = None) -> Response:
-    """Decide one gateway request: binding → exempt → credential → tenant → audience → policies
-    → rate limits; audited either way, answered without a body."""
-    await runtime.audit.room()
-    fwd = forwarded_request(request, suffix)
-    binding = await runtime.bindings.resolve(fwd.host, fwd.path)
-    endpoint = await runtime.endpoints.get(binding.tenant_id, binding.slug) if binding else None
-    if binding is None or endpoint is None:
-        _audit(runtime, fwd, tenant_id=None, actor=ANONYMOUS, outcome="denied", code="no_binding")
-        return _answer(404, "no_binding")
-    mapping = runtime.settings.forward_identity_headers
-    if any(covers(prefix_of(p), fwd.path) for p in endpoint.exempt_paths):
-        _audit(
-            runtime,
-            fwd,
-            tenant_id=endpoint.tenant_id,
-            actor=ANONYMOUS,
-            outcome="allowed",
-            code="exempt",
+    def _record(
+        self,
+        fwd: ForwardedRequest,
+        *,
+        endpoint: CompiledEndpoint | None,
+        actor: Actor,
+        outcome: str,
+        code: str,
+    ) -> None:
+        self.pipeline.record_event(
+            AUDIT_ACTION,
+            tenant_id=endpoint.tenant_id if endpoint else None,
+            actor=actor,
+            outcome=outcome,
+            code=code,
             endpoint=endpoint,
+            details=_request_details(fwd),
         )
-        return _answer(200, None, identity_headers(mapping, None))
-    try:
-        principal = await _authenticate(runtime, request, binding)
-    except AppError as exc:
-        _audit(
-            runtime,
-            fwd,
-            tenant_id=endpoint.tenant_id,
-            actor=ANONYMOUS,
-            outcome="failure",
-            code=exc.code,
-            endpoint=endpoint,
-        )
-        return _answer(exc.status_code, exc.code, exc.headers)
-    return await _decide(runtime, fwd, binding, endpoint, principal)
 
-
-async def _decide(
-    runtime: Runtime,
-    fwd: ForwardedRequest,
-    binding: Binding,
-    endpoint: CompiledEndpoint,
-    principal: Principal,
-) -> Response:
-    if principal.tenant_id != endpoint.tenant_id:
-        # A credential never acts in another tenant. The host owner's trail records the attempt
-        # without the foreign principal's identity (that belongs to the other tenant).
-        _audit(
-            runtime,
-            fwd,
-            tenant_id=endpoint.tenant_id,
-            actor=Actor(principal.kind),
-            outcome="denied",
-            code="tenant_mismatch",
-            endpoint=endpoint,
-        )
-        return _answer(403, "tenant_mismatch")
-    if endpoint.require_host_audience and not audience_matches(principal, binding.host):
-        _audit(
-            runtime,
-            fwd,
-            tenant_id=endpoint.tenant_id,
-            actor=principal.actor,
-            outcome="failure",
-            code="audience_mismatch",
-            endpoint=endpoint,
-        )
-        return _answer(
-            401, "audience_mismatch", {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-        )
-    subject = Subject.of(principal)
-    facts = RequestFacts(method=fwd.method, path=fwd.path, ip=fwd.ip)
-    verdict: Verdict = may_query(subject, scope=FORWARD_SCOPE) or evaluate(endpoint, subject, facts)
-    limit_headers: dict[str, str] = {}
-    if verdict.allowed:
+    async def forward_auth(self, request: Request, suffix: str | None = None) -> Response:
+        """Decide one gateway request: binding → exempt → credential → tenant → audience →
+        policies → rate limits; audited either way, answered without a body."""
+        await self.pipeline.room()
+        fwd = forwarded_request(request, suffix)
+        binding = await self.bindings.resolve(fwd.host, fwd.path)
+        endpoint = await self.endpoints.get(binding.tenant_id, binding.slug) if binding else None
+        if binding is None or endpoint is None:
+            self._record(fwd, endpoint=None, actor=ANONYMOUS, outcome="denied", code="no_binding")
+            return _answer(404, "no_binding")
+        if any(covers(prefix_of(p), fwd.path) for p in endpoint.exempt_paths):
+            self._record(fwd, endpoint=endpoint, actor=ANONYMOUS, outcome="allowed", code="exempt")
+            return _answer(200, None, identity_headers(self.identity_headers, None))
         try:
-            limited = await check_limits(runtime.limiter, endpoint, subject, fwd.ip, spend=True)
-        except AppError as exc:  # the shared counter store is down: fail closed
-            _audit(
-                runtime,
-                fwd,
-                tenant_id=endpoint.tenant_id,
-                actor=principal.actor,
-                outcome="error",
-                code=exc.code,
-                endpoint=endpoint,
-            )
+            principal = await self.authenticate(request, binding)
+        except AppError as exc:
+            self._record(fwd, endpoint=endpoint, actor=ANONYMOUS, outcome="failure", code=exc.code)
             return _answer(exc.status_code, exc.code, exc.headers)
-        if limited is not None and not limited.allowed:
-            verdict = limited
-        elif limited is not None and limited.limit is not None:
-            limit_headers = limited.limit.headers()
-    outcome = "allowed" if verdict.allowed else "denied"
-    if verdict.code == "rate_limited":
-        outcome = "rate_limited"
-    _audit(
-        runtime,
-        fwd,
-        tenant_id=endpoint.tenant_id,
-        actor=principal.actor,
-        outcome=outcome,
-        code=verdict.code,
-        endpoint=endpoint,
-        policy=verdict.decided_by,
-    )
-    if verdict.code == "rate_limited":
-        return _answer(429, verdict.code, verdict.limit.headers() if verdict.limit else {})
-    if not verdict.allowed:
-        return _answer(403, verdict.code)
-    headers = identity_headers(runtime.settings.forward_identity_headers, principal)
-    return _answer(200, None, {**headers, **limit_headers})
+        if principal.tenant_id != endpoint.tenant_id:
+            # A credential never acts in another tenant. The host owner's trail records the
+            # attempt without the foreign principal's identity (that belongs to the other tenant).
+            self._record(
+                fwd,
+                endpoint=endpoint,
+                actor=Actor(principal.kind),
+                outcome="denied",
+                code="tenant_mismatch",
+            )
+            return _answer(403, "tenant_mismatch")
+        if endpoint.require_host_audience and not audience_matches(principal, binding.host):
+            self._record(
+                fwd,
+                endpoint=endpoint,
+                actor=principal.actor,
+                outcome="failure",
+                code="audience_mismatch",
+            )
+            return _answer(
+                401, "audience_mismatch", {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            )
+        facts = RequestFacts(method=fwd.method, path=fwd.path, ip=fwd.ip)
+        decision = await self.pipeline.decide(
+            endpoint, self.pipeline.subject(principal), facts, spend=True, scope=FORWARD_SCOPE
+        )
+        self.pipeline.record(AUDIT_ACTION, decision, principal.actor, _request_details(fwd))
+        if not decision.allowed:
+            refusal = decision.refusal()
+            return _answer(refusal.status_code, refusal.code, refusal.headers)
+        headers = identity_headers(self.identity_headers, principal)
+        return _answer(200, None, {**headers, **decision.limit_headers})
+
+
+def _request_details(fwd: ForwardedRequest) -> dict[str, str]:
+    return {"host": (fwd.host or "")[:255], "method": fwd.method, "path": fwd.path[:512]}

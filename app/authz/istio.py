@@ -16,15 +16,15 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import yaml
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.authz.bindings import prefix_of
 from app.authz.gateway import claim_for_source, host_audiences
 from app.core import jose
 from app.core.config import Settings
-from app.endpoints import repository
+from app.core.hosts import prefix_of
+from app.endpoints import service as endpoints
 from app.endpoints.models import Endpoint
+from app.issuers import service as issuers
 from app.issuers.models import TrustedIssuer
 
 API_VERSION = "security.istio.io/v1"
@@ -172,9 +172,7 @@ async def render_istio(
     app: str | None,
 ) -> str:
     """The YAML (two documents) for an endpoint of the session's tenant, or 404."""
-    endpoint = await repository.get_by_slug(session, slug)
-    issuers = list(
-        (await session.execute(select(TrustedIssuer).order_by(TrustedIssuer.issuer))).scalars()
-    )
-    documents = render_documents(settings, endpoint, issuers, namespace, app)
+    endpoint = await endpoints.get_by_slug(session, slug)
+    trusted = await issuers.all_issuers(session)
+    documents = render_documents(settings, endpoint, trusted, namespace, app)
     return yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=False)

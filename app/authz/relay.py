@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass
 
 import httpx
 from fastapi import Request
@@ -54,12 +55,26 @@ def upstream_headers(
     return headers
 
 
-async def forward(
+@dataclass(frozen=True)
+class Relay:
+    """The process's forwarding client and the hosts it may reach although private."""
+
+    client: httpx.AsyncClient
+    allowed_hosts: Collection[str]
+
+    async def send(
+        self, request: Request, endpoint: CompiledEndpoint, principal: Principal
+    ) -> tuple[Response, int]:
+        """Forward an allowed query; returns the response to relay and the upstream status."""
+        return await relay(self.client, request, endpoint, principal, self.allowed_hosts)
+
+
+async def relay(
     client: httpx.AsyncClient,
     request: Request,
     endpoint: CompiledEndpoint,
     principal: Principal,
-    allowed_hosts: list[str],
+    allowed_hosts: Collection[str],
 ) -> tuple[Response, int]:
     """Stream the body to the upstream and its answer back; 502/504 on failure."""
     assert endpoint.upstream_url is not None  # noqa: S101  (callers check)

@@ -34,11 +34,3 @@ class CheckResponse(BaseModel):
     decided_by: str | None
     reasons: list[str]
     code: str
-
-
-class QueryDecision(BaseModel):
-    """The answer of `/query` on an endpoint without an upstream."""
-
-    allowed: bool
-    decided_by: str | None
-    endpoint: str

@@ -15,6 +15,9 @@ from collections.abc import Callable
 
 import structlog
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.db import after_commit
 
 log = structlog.get_logger("warden.invalidation")
 CHANNEL = "warden:invalidate"
@@ -50,6 +53,15 @@ class InvalidationBus:
     def _clear_all(self) -> None:
         for topic in self.handlers:
             self._dispatch(topic, None)
+
+    def publish_after_commit(self, session: AsyncSession, topic: str, key: str) -> None:
+        """Publish `topic|key` once the session's transaction has committed (a change that rolls
+        back invalidates nothing)."""
+
+        async def publish() -> None:
+            await self.publish(topic, key)
+
+        after_commit(session, publish)
 
     async def publish(self, topic: str, key: str) -> None:
         """Invalidate here at once and in every other process."""

@@ -5,13 +5,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.core import jose
 from app.core.identity import Principal, Role
 from app.tenants.models import Tenant
 from app.users.models import User
-from app.web.state import Runtime
+
+if TYPE_CHECKING:
+    from app.web.state import Runtime
 
 _CACHE_MAX = 10_000
 

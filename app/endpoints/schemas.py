@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import datetime
 from typing import Annotated
 
 from pydantic import Field, StringConstraints, field_validator
 
+from app.core.hosts import bindable_host
 from app.core.schemas import Name, PublicModel, Slug, StrictModel
 
-_HOST = re.compile(
-    r"\A(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*(:\d{1,5})?\Z"
-)
 Description = Annotated[str, StringConstraints(max_length=2000)]
 Url = Annotated[str, StringConstraints(min_length=8, max_length=2048)]
 Path = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^/[\x21-\x7e]*$")]
@@ -22,10 +19,7 @@ Path = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"
 def _check_host(value: str | None) -> str | None:
     if value is None:
         return None
-    lowered = value.strip().lower()
-    if not _HOST.match(lowered):
-        raise ValueError("host must be a DNS name, optionally with :port")
-    return lowered
+    return bindable_host(value)
 
 
 class EndpointCreate(StrictModel):

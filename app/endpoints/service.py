@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Sequence
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.service import record
-from app.core.db import after_commit
+from app.core.db import SKIP_TENANT_FILTER
 from app.core.errors import Conflict, Unprocessable
+from app.core.hosts import host_name
 from app.core.identity import Principal
+from app.core.invalidation import InvalidationBus
 from app.core.outbound import OutboundRefused, check_outbound_url
 from app.core.pagination import PageParams, paginate
 from app.core.types import utcnow
 from app.endpoints import repository
 from app.endpoints.models import Endpoint
 from app.endpoints.schemas import EndpointCreate, EndpointUpdate
-
-if TYPE_CHECKING:
-    from app.web.state import Runtime
+from app.tenants.models import Tenant
 
 ENDPOINT_TOPIC = "endpoint"
 
@@ -32,21 +33,50 @@ def cache_key(tenant_id: uuid.UUID, slug: str) -> str:
 
 
 def invalidate_after_commit(
-    session: AsyncSession, runtime: Runtime, tenant_id: uuid.UUID, slug: str
+    session: AsyncSession, bus: InvalidationBus, tenant_id: uuid.UUID, slug: str
 ) -> None:
-    """Drop the endpoint from every process's cache once the change is committed."""
-
-    async def publish() -> None:
-        await runtime.bus.publish(ENDPOINT_TOPIC, cache_key(tenant_id, slug))
-
-    after_commit(session, publish)
+    """Drop the endpoint (and what is compiled from it: policies, credential, bindings) from
+    every process's cache once the change is committed."""
+    bus.publish_after_commit(session, ENDPOINT_TOPIC, cache_key(tenant_id, slug))
 
 
-async def _checked_upstream(runtime: Runtime, url: str | None) -> str | None:
+async def find_by_slug(session: AsyncSession, slug: str) -> Endpoint | None:
+    """The endpoint with this slug in the session's tenant, if any."""
+    return await repository.find_by_slug(session, slug)
+
+
+async def get_by_slug(session: AsyncSession, slug: str) -> Endpoint:
+    """The endpoint with this slug in the session's tenant, or 404."""
+    return await repository.get_by_slug(session, slug)
+
+
+async def bound_to_hosts(session: AsyncSession, hosts: Sequence[str]) -> Sequence[Row[Any]]:
+    """Every endpoint, in any tenant, bound to one of these hosts: (id, tenant_id, slug, host,
+    path_prefix, created_at, tenant_slug)."""
+    stmt = (
+        select(  # type: ignore[call-overload]
+            Endpoint.id,
+            Endpoint.tenant_id,
+            Endpoint.slug,
+            Endpoint.host,
+            Endpoint.path_prefix,
+            Endpoint.created_at,
+            Tenant.slug.label("tenant_slug"),  # type: ignore[attr-defined]
+        )
+        .join(Tenant, Tenant.id == Endpoint.tenant_id)
+        .where(Endpoint.host.in_(hosts))  # type: ignore[union-attr]
+        # Across tenants on purpose: a gateway names a host, not a tenant; the caller then
+        # requires the principal's tenant to own the binding it gets.
+        .execution_options(**{SKIP_TENANT_FILTER: True})
+    )
+    return (await session.execute(stmt)).all()
+
+
+async def _checked_upstream(allowed_hosts: Collection[str], url: str | None) -> str | None:
     if url is None:
         return None
     try:
-        return await check_outbound_url(url, runtime.settings.upstream_allowed_hosts)
+        return await check_outbound_url(url, allowed_hosts)
     except OutboundRefused as exc:
         raise Unprocessable(f"upstream_url: {exc}", code="upstream_refused") from exc
 
@@ -55,7 +85,7 @@ async def _ensure_host_free(session: AsyncSession, tenant_id: uuid.UUID, host: s
     """A gateway host belongs to one tenant: refuse binding a host another tenant binds."""
     if host is None:
         return
-    bare = host.split(":", 1)[0]
+    bare = host_name(host)
     host_col = Endpoint.__table__.c.host  # type: ignore[attr-defined]
     stmt = (
         select(Endpoint.__table__.c.id)  # type: ignore[attr-defined]
@@ -65,7 +95,7 @@ async def _ensure_host_free(session: AsyncSession, tenant_id: uuid.UUID, host: s
         )
         .limit(1)
         # Cross-tenant on purpose: host ownership is global; only existence is revealed.
-        .execution_options(skip_tenant_filter=True)
+        .execution_options(**{SKIP_TENANT_FILTER: True})
     )
     if (await session.execute(stmt)).first() is not None:
         raise Conflict("This host is bound by another tenant.", code="host_taken")
@@ -79,13 +109,17 @@ async def list_endpoints(
 
 
 async def create_endpoint(
-    session: AsyncSession, runtime: Runtime, principal: Principal, data: EndpointCreate
+    session: AsyncSession,
+    bus: InvalidationBus,
+    allowed_hosts: Collection[str],
+    principal: Principal,
+    data: EndpointCreate,
 ) -> Endpoint:
     """`POST /endpoints`."""
     if await repository.find_by_slug(session, data.slug) is not None:
         raise Conflict("An endpoint with this slug exists.", code="endpoint_exists")
     values = data.model_dump()
-    values["upstream_url"] = await _checked_upstream(runtime, data.upstream_url)
+    values["upstream_url"] = await _checked_upstream(allowed_hosts, data.upstream_url)
     await _ensure_host_free(session, principal.tenant_id, data.host)
     endpoint = Endpoint(tenant_id=principal.tenant_id, **values)
     session.add(endpoint)
@@ -102,13 +136,14 @@ async def create_endpoint(
         target_id=str(endpoint.id),
         details={"slug": endpoint.slug, "upstream": bool(endpoint.upstream_url)},
     )
-    invalidate_after_commit(session, runtime, principal.tenant_id, endpoint.slug)
+    invalidate_after_commit(session, bus, principal.tenant_id, endpoint.slug)
     return endpoint
 
 
 async def update_endpoint(
     session: AsyncSession,
-    runtime: Runtime,
+    bus: InvalidationBus,
+    allowed_hosts: Collection[str],
     principal: Principal,
     slug: str,
     data: EndpointUpdate,
@@ -122,7 +157,7 @@ async def update_endpoint(
         if flag in changes and changes[flag] is None:
             raise Unprocessable(f"{flag}: cannot be null", code="validation_error")
     if "upstream_url" in changes:
-        changes["upstream_url"] = await _checked_upstream(runtime, changes["upstream_url"])
+        changes["upstream_url"] = await _checked_upstream(allowed_hosts, changes["upstream_url"])
     if changes.get("host"):
         await _ensure_host_free(session, principal.tenant_id, changes["host"])
     changed = [k for k, v in changes.items() if getattr(endpoint, k) != v]
@@ -140,12 +175,12 @@ async def update_endpoint(
             target_id=str(endpoint.id),
             details={"slug": slug, "changed": sorted(changed)},
         )
-        invalidate_after_commit(session, runtime, principal.tenant_id, slug)
+        invalidate_after_commit(session, bus, principal.tenant_id, slug)
     return endpoint
 
 
 async def delete_endpoint(
-    session: AsyncSession, runtime: Runtime, principal: Principal, slug: str
+    session: AsyncSession, bus: InvalidationBus, principal: Principal, slug: str
 ) -> None:
     """`DELETE /endpoints/{slug}` (its policies and credential go with it)."""
     endpoint = await repository.get_by_slug(session, slug)
@@ -161,4 +196,4 @@ async def delete_endpoint(
         target_id=str(endpoint_id),
         details={"slug": slug},
     )
-    invalidate_after_commit(session, runtime, principal.tenant_id, slug)
+    invalidate_after_commit(session, bus, principal.tenant_id, slug)

@@ -28,6 +28,12 @@ async def get(session: AsyncSession, issuer_id: uuid.UUID) -> TrustedIssuer:
     return row
 
 
+async def all_of_tenant(session: AsyncSession) -> list[TrustedIssuer]:
+    """Every issuer the session's tenant trusts, by `iss`."""
+    stmt = select(TrustedIssuer).order_by(TrustedIssuer.issuer)
+    return list((await session.execute(stmt)).scalars())
+
+
 async def count(session: AsyncSession) -> int:
     """How many issuers the session tenant trusts."""
     stmt = select(func.count()).select_from(TrustedIssuer)

@@ -4,24 +4,22 @@ commit (the satellite index, cached JWKS and cached verified tokens of that `iss
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Collection
+from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.service import record
-from app.core.db import after_commit
 from app.core.errors import Conflict, Unprocessable
 from app.core.identity import Principal
+from app.core.invalidation import InvalidationBus
 from app.core.outbound import OutboundRefused, check_outbound_url
 from app.core.pagination import PageParams
 from app.issuers import repository
 from app.issuers.jwks import InvalidKeySet, KeySet, keys_from_pems, parse_jwks
 from app.issuers.models import TrustedIssuer
 from app.issuers.schemas import IssuerCreate, IssuerPublic
-
-if TYPE_CHECKING:
-    from app.web.state import Runtime
 
 ISSUER_TOPIC = "issuer"
 MAX_ISSUERS_PER_TENANT = 100
@@ -47,21 +45,31 @@ def public_view(row: TrustedIssuer) -> IssuerPublic:
     return view
 
 
-def invalidate_after_commit(session: AsyncSession, runtime: Runtime, issuer: str) -> None:
+def invalidate_after_commit(session: AsyncSession, bus: InvalidationBus, issuer: str) -> None:
     """Drop what every process caches for this `iss` once the change is committed."""
-
-    async def publish() -> None:
-        await runtime.bus.publish(ISSUER_TOPIC, issuer)
-
-    after_commit(session, publish)
+    bus.publish_after_commit(session, ISSUER_TOPIC, issuer)
 
 
-async def _checked_source(runtime: Runtime, data: IssuerCreate) -> None:
-    if data.issuer == runtime.settings.issuer:
+@dataclass(frozen=True)
+class IssuerRules:
+    """What an issuer registration is checked against: Warden's own `iss` (never trusted as a
+    satellite) and the hosts that may be private for `jwks_uri`."""
+
+    own_issuer: str
+    allowed_hosts: Collection[str]
+
+
+async def all_issuers(session: AsyncSession) -> list[TrustedIssuer]:
+    """Every issuer the session's tenant trusts."""
+    return await repository.all_of_tenant(session)
+
+
+async def _checked_source(rules: IssuerRules, data: IssuerCreate) -> None:
+    if data.issuer == rules.own_issuer:
         raise Unprocessable("issuer: this is Warden's own issuer", code="issuer_refused")
     if data.jwks_uri is not None:
         try:
-            await check_outbound_url(data.jwks_uri, runtime.settings.upstream_allowed_hosts)
+            await check_outbound_url(data.jwks_uri, rules.allowed_hosts)
         except OutboundRefused as exc:
             raise Unprocessable(f"jwks_uri: {exc}", code="jwks_uri_refused") from exc
         return
@@ -82,10 +90,14 @@ async def list_issuers(
 
 
 async def create_issuer(
-    session: AsyncSession, runtime: Runtime, principal: Principal, data: IssuerCreate
+    session: AsyncSession,
+    bus: InvalidationBus,
+    rules: IssuerRules,
+    principal: Principal,
+    data: IssuerCreate,
 ) -> TrustedIssuer:
     """`POST /issuers`: keys parsed now, so a bad key is a 422 today, not a 401 later."""
-    await _checked_source(runtime, data)
+    await _checked_source(rules, data)
     if await repository.find_by_issuer(session, data.issuer) is not None:
         raise Conflict("This issuer is already trusted.", code="issuer_exists")
     if await repository.count(session) >= MAX_ISSUERS_PER_TENANT:
@@ -120,7 +132,7 @@ async def create_issuer(
             "algorithms": row.algorithms,
         },
     )
-    invalidate_after_commit(session, runtime, row.issuer)
+    invalidate_after_commit(session, bus, row.issuer)
     return row
 
 
@@ -130,7 +142,7 @@ async def get_issuer(session: AsyncSession, issuer_id: uuid.UUID) -> TrustedIssu
 
 
 async def delete_issuer(
-    session: AsyncSession, runtime: Runtime, principal: Principal, issuer_id: uuid.UUID
+    session: AsyncSession, bus: InvalidationBus, principal: Principal, issuer_id: uuid.UUID
 ) -> None:
     """`DELETE /issuers/{id}`: its tokens are refused in every process from the commit on."""
     row = await repository.get(session, issuer_id)
@@ -146,4 +158,4 @@ async def delete_issuer(
         target_id=str(issuer_id),
         details={"issuer": issuer},
     )
-    invalidate_after_commit(session, runtime, issuer)
+    invalidate_after_commit(session, bus, issuer)

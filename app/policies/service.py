@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -12,16 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit.service import record
 from app.core.errors import Conflict, NotFound, Unprocessable
 from app.core.identity import Principal
+from app.core.invalidation import InvalidationBus
 from app.core.pagination import PageParams, paginate
 from app.core.types import utcnow
-from app.endpoints import repository as endpoints
-from app.endpoints.service import invalidate_after_commit
+from app.endpoints import service as endpoints
 from app.policies.engine import validate_policy_configuration
 from app.policies.models import Policy
 from app.policies.schemas import PolicyCreate, PolicyUpdate
-
-if TYPE_CHECKING:
-    from app.web.state import Runtime
 
 MAX_POLICIES_PER_ENDPOINT = 100
 
@@ -66,6 +63,12 @@ async def list_policies(
     return await paginate(session, stmt, Policy, params)
 
 
+async def policies_of(session: AsyncSession, endpoint_id: uuid.UUID) -> list[Policy]:
+    """Every policy of an endpoint of the session's tenant (enabled or not)."""
+    stmt = select(Policy).where(Policy.endpoint_id == endpoint_id)  # type: ignore[arg-type]
+    return list((await session.execute(stmt)).scalars())
+
+
 async def get_policy(session: AsyncSession, slug: str, policy_id: uuid.UUID) -> Policy:
     """One policy of an endpoint."""
     endpoint = await endpoints.get_by_slug(session, slug)
@@ -73,7 +76,7 @@ async def get_policy(session: AsyncSession, slug: str, policy_id: uuid.UUID) -> 
 
 
 async def create_policy(
-    session: AsyncSession, runtime: Runtime, principal: Principal, slug: str, data: PolicyCreate
+    session: AsyncSession, bus: InvalidationBus, principal: Principal, slug: str, data: PolicyCreate
 ) -> Policy:
     """`POST /endpoints/{slug}/policies`."""
     endpoint = await endpoints.get_by_slug(session, slug)
@@ -104,13 +107,13 @@ async def create_policy(
         target_id=str(policy.id),
         details={"endpoint": slug, "policy_type": data.policy_type, "configuration": configuration},
     )
-    invalidate_after_commit(session, runtime, principal.tenant_id, slug)
+    endpoints.invalidate_after_commit(session, bus, principal.tenant_id, slug)
     return policy
 
 
 async def update_policy(
     session: AsyncSession,
-    runtime: Runtime,
+    bus: InvalidationBus,
     principal: Principal,
     slug: str,
     policy_id: uuid.UUID,
@@ -145,12 +148,16 @@ async def update_policy(
                 **{k: policy.configuration for k in changed if k == "configuration"},
             },
         )
-        invalidate_after_commit(session, runtime, principal.tenant_id, slug)
+        endpoints.invalidate_after_commit(session, bus, principal.tenant_id, slug)
     return policy
 
 
 async def delete_policy(
-    session: AsyncSession, runtime: Runtime, principal: Principal, slug: str, policy_id: uuid.UUID
+    session: AsyncSession,
+    bus: InvalidationBus,
+    principal: Principal,
+    slug: str,
+    policy_id: uuid.UUID,
 ) -> None:
     """`DELETE /endpoints/{slug}/policies/{id}`."""
     policy = await get_policy(session, slug, policy_id)
@@ -165,4 +172,4 @@ async def delete_policy(
         target_id=str(policy_id),
         details={"endpoint": slug, "policy_type": policy.policy_type},
     )
-    invalidate_after_commit(session, runtime, principal.tenant_id, slug)
+    endpoints.invalidate_after_commit(session, bus, principal.tenant_id, slug)

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import re
 import uuid
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from pydantic import StringConstraints, field_validator
 from sqlalchemy import select
@@ -17,14 +17,11 @@ from app.core.crypto import KeyRing
 from app.core.db import SKIP_TENANT_FILTER
 from app.core.errors import NotFound
 from app.core.identity import Principal
+from app.core.invalidation import InvalidationBus
 from app.core.schemas import StrictModel
 from app.core.types import utcnow
-from app.endpoints import repository as endpoints
-from app.endpoints.service import invalidate_after_commit
+from app.endpoints import service as endpoints
 from app.upstream_secrets.models import UpstreamCredential
-
-if TYPE_CHECKING:
-    from app.web.state import Runtime
 
 _TOKEN = re.compile(r"\A[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}\Z")
 # Headers Warden sets or that would break the forwarded request.
@@ -99,7 +96,12 @@ async def find_credential(
 
 
 async def put_credential(
-    session: AsyncSession, runtime: Runtime, principal: Principal, slug: str, data: CredentialPut
+    session: AsyncSession,
+    bus: InvalidationBus,
+    master: KeyRing,
+    principal: Principal,
+    slug: str,
+    data: CredentialPut,
 ) -> UpstreamCredential:
     """Create or replace an endpoint's credential."""
     endpoint = await endpoints.get_by_slug(session, slug)
@@ -116,11 +118,11 @@ async def put_credential(
             last4="",
         )
     row.header = data.header
-    row.ciphertext = runtime.master.encrypt(
+    row.ciphertext = master.encrypt(
         data.value.encode(), associated_data(principal.tenant_id, row.id, endpoint.id)
     )
-    row.key_id = runtime.master.active_kid
-    row.fingerprint = fingerprint(runtime.master, principal.tenant_id, data.value)
+    row.key_id = master.active_kid
+    row.fingerprint = fingerprint(master, principal.tenant_id, data.value)
     row.last4 = data.value[-4:] if len(data.value) >= 8 else ""
     row.updated_at = utcnow()
     session.add(row)
@@ -134,12 +136,12 @@ async def put_credential(
         target_id=str(endpoint.id),
         details={"endpoint": slug, "header": row.header, "fingerprint": row.fingerprint},
     )
-    invalidate_after_commit(session, runtime, principal.tenant_id, slug)
+    endpoints.invalidate_after_commit(session, bus, principal.tenant_id, slug)
     return row
 
 
 async def delete_credential(
-    session: AsyncSession, runtime: Runtime, principal: Principal, slug: str
+    session: AsyncSession, bus: InvalidationBus, principal: Principal, slug: str
 ) -> None:
     """Remove an endpoint's credential."""
     endpoint = await endpoints.get_by_slug(session, slug)
@@ -157,7 +159,7 @@ async def delete_credential(
         target_id=str(endpoint.id),
         details={"endpoint": slug},
     )
-    invalidate_after_commit(session, runtime, principal.tenant_id, slug)
+    endpoints.invalidate_after_commit(session, bus, principal.tenant_id, slug)
 
 
 async def reencrypt_all(session: AsyncSession, master: KeyRing, batch: int = 500) -> int:

@@ -1,4 +1,5 @@
-"""Request dependencies: the runtime, the transaction, the caller, role checks."""
+"""Request dependencies: the state, the transaction, the caller (through the one
+authenticator), role checks."""
 
 from __future__ import annotations
 
@@ -9,18 +10,10 @@ import structlog
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.apikeys.service import KEY_PREFIX, expired, hash_key
-from app.browser_sessions.service import SESSION_COOKIE, authenticate_cookie
-from app.core import jose
 from app.core.db import run_post_commit, set_session_tenant
-from app.core.errors import AppError, Forbidden, ServiceUnavailable, Unauthenticated
-from app.core.identity import ANONYMOUS, Actor, Principal, Role
-from app.credentials.tokens import VerifiedTokenCache, verify_local_token
-from app.issuers.satellite import AmbiguousTenant, IssuerUnavailable
+from app.core.errors import AppError, Forbidden
+from app.core.identity import Principal, Role
 from app.web.state import Runtime
-
-log = structlog.get_logger("warden.auth")
-_verified = VerifiedTokenCache()
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -53,128 +46,9 @@ async def db_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
 DbSession = Annotated[AsyncSession, Depends(db_session, scope="function")]
 
 
-def bearer_token(request: Request) -> str | None:
-    """The token of an `Authorization: Bearer …` header, if any."""
-    header = request.headers.get("authorization")
-    if not header:
-        return None
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        raise Unauthenticated("Malformed Authorization header.")
-    return value.strip()
-
-
-async def authenticate_token(
-    runtime: Runtime, token: str, tenant_hint: str | None = None
-) -> Principal:
-    """Turn a bearer JWT into a principal: Warden's own, or a trusted issuer's (satellite).
-
-    `tenant_hint` (`X-Tenant`) picks the tenant when several trust a satellite token's issuer.
-    Every failure is one 401; an issuer whose keys cannot be had is a 503 (fail closed)."""
-    try:
-        # Warm path: a local token verified before is neither parsed nor verified again.
-        cached = _verified.get(token)
-        if cached is not None:
-            principal = cached
-        else:
-            parsed = jose.parse(token)
-            if parsed.claims.get("iss") == runtime.settings.issuer:
-                principal = await verify_local_token(runtime, parsed, _verified)
-            else:
-                principal = await runtime.satellites.authenticate(parsed, tenant_hint)
-    except jose.TokenError as exc:
-        runtime.audit.submit(
-            tenant_id=None,
-            action="auth.token_rejected",
-            actor=ANONYMOUS,
-            outcome="failure",
-            details={"reason": exc.reason},
-        )
-        if isinstance(exc, IssuerUnavailable):
-            raise ServiceUnavailable(
-                "The token's issuer cannot be reached; try again later.",
-                code="issuer_unavailable",
-                headers={"Retry-After": "10"},
-            ) from exc
-        if isinstance(exc, AmbiguousTenant):
-            raise Unauthenticated(
-                "Several tenants trust this token's issuer: name one with X-Tenant.",
-                code="ambiguous_tenant",
-            ) from exc
-        raise Unauthenticated("Invalid or expired token.", code="invalid_token") from exc
-    if await runtime.revocations.is_revoked(
-        jti=principal.jti,
-        user_id=principal.id if principal.kind == "user" else None,
-        tenant_id=str(principal.tenant_id),
-        # Only Warden's own tokens carry a token version; a satellite's `ver` means nothing here.
-        version=int(principal.claims.get("ver", 0)) if principal.kind == "user" else 0,
-    ):
-        raise Unauthenticated("Token has been revoked.", code="token_revoked")
-    return principal
-
-
-async def authenticate_api_key(runtime: Runtime, key: str) -> Principal:
-    """Resolve an API key (cached per process; revocation reaches every process at once)."""
-    if not key.startswith(KEY_PREFIX) or len(key) > 128:
-        raise Unauthenticated("Invalid API key.", code="invalid_api_key")
-    key_hash = hash_key(key)
-    resolved = await runtime.apikeys.get(key_hash, key)
-    problem = None
-    if resolved is None:
-        problem = "unknown"
-    elif resolved.revoked:
-        problem = "revoked"
-    elif expired(resolved):
-        problem = "expired"
-    if problem is not None or resolved is None:
-        runtime.audit.submit(
-            tenant_id=resolved.tenant_id if resolved else None,
-            action="auth.api_key_rejected",
-            actor=Actor("api_key", str(resolved.id) if resolved else None),
-            outcome="failure",
-            details={"reason": problem},
-        )
-        raise Unauthenticated("Invalid, revoked or expired API key.", code="invalid_api_key")
-    runtime.touch_api_key(resolved.id)
-    return Principal(
-        kind="api_key",
-        id=str(resolved.id),
-        tenant_id=resolved.tenant_id,
-        tenant_slug=resolved.tenant_slug,
-        role=Role.VIEWER,
-        scopes=resolved.scopes,
-        claims={
-            "sub": f"api_key:{resolved.id}",
-            "tenant": resolved.tenant_slug,
-            "scopes": sorted(resolved.scopes),
-            "name": resolved.name,
-        },
-        expires_at=int(resolved.expires_at) if resolved.expires_at else None,
-    )
-
-
-async def authenticate_request(request: Request, runtime: Runtime) -> Principal:
-    """Whatever credential the request carries: bearer JWT, `wk_` API key, `X-API-Key`, or
-    (only when there is none of those) a browser `session_id` cookie, CSRF-checked."""
-    token = bearer_token(request)
-    api_key = request.headers.get("x-api-key")
-    if token is not None and api_key is not None:
-        raise Unauthenticated("Send one credential, not two.", code="ambiguous_credentials")
-    if api_key is not None:
-        return await authenticate_api_key(runtime, api_key.strip())
-    if token is None:
-        cookie = request.cookies.get(SESSION_COOKIE)
-        if cookie is not None:
-            return await authenticate_cookie(runtime, cookie, request.method, request.headers)
-        raise Unauthenticated()
-    if token.startswith(KEY_PREFIX):
-        return await authenticate_api_key(runtime, token)
-    return await authenticate_token(runtime, token, request.headers.get("x-tenant"))
-
-
 async def current_principal(request: Request, runtime: RuntimeDep) -> Principal:
     """The authenticated caller."""
-    principal = await authenticate_request(request, runtime)
+    principal = await runtime.authenticator.authenticate(request)
     structlog.contextvars.bind_contextvars(
         tenant=principal.tenant_slug, principal=f"{principal.kind}:{principal.id}"
     )

@@ -4,18 +4,18 @@ dependency resolution and response validation. Measured on one uvicorn worker, t
 costs about 75 µs a request (a bare FastAPI hello-world answers 10k req/s, a bare ASGI app
 50k): more than a warm decision itself.
 
-`WardenAPI` (`app.main`) hands these routes to `DecisionRoutes` behind the same edge
-middlewares as every other route (request context, CORS, global limit, built from one list);
-everything else goes to FastAPI. FastAPI's optional native telemetry does not wrap them.
-`DecisionRoutes` calls the same functions as the FastAPI routes in `router.py`
-(authentication, `service.check`, `service.query`, `gateway.forward_auth`) and the same error
-renderers as the app's handlers, so behaviour is one piece of code. The FastAPI routes remain
-the documented contract (OpenAPI) and serve every request these do not take."""
+`HOT_ROUTES` is the one table of these routes: the hot path matches requests against it, and
+`app.web.routes.authz` declares the FastAPI routes (the OpenAPI contract, and the server of any
+request the hot path does not take) from the same rows, with the same `serve_*` functions
+behind both. `WardenAPI` (`app.main`) hands matching requests to `DecisionRoutes` behind the same
+edge middlewares as every other route (request context, CORS, global limit, built from one
+list); FastAPI's optional native telemetry does not wrap them."""
 
 from __future__ import annotations
 
 import contextlib
 import re
+from dataclasses import dataclass
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -23,21 +23,20 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.authz import gateway, service
-from app.authz.schemas import CheckRequest
+from app.authz import service
+from app.authz.schemas import CheckRequest, CheckResponse
 from app.core.errors import (
     AppError,
     app_error_response,
     internal_error_response,
     validation_error_response,
 )
+from app.core.identity import Principal
 from app.core.middleware import BodyTooLarge
 from app.core.schemas import SLUG_PATTERN
 from app.web.deps import current_principal
-from app.web.routes.authz import FORWARD_METHODS
+from app.web.state import Runtime
 
-_SLUG = re.compile(SLUG_PATTERN)
-_QUERY_SUFFIX = "/query"
 _NOT_JSON = [
     {
         "type": "model_attributes_type",
@@ -59,6 +58,37 @@ def _is_json(scope: Scope) -> bool:
     return True
 
 
+# nginx subrequests keep the client's method and Envoy's check request always does.
+FORWARD_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+@dataclass(frozen=True)
+class HotRoute:
+    """One row of the table: `kind` names the `serve_*` function, `path` is FastAPI's template
+    under the API prefix (`{slug}` and `{path:path}` are the parameters the hot path knows)."""
+
+    kind: str  # check | query | forward
+    path: str
+    methods: tuple[str, ...]
+    documented: bool = True
+
+    def pattern(self, prefix: str) -> re.Pattern[str]:
+        """The regular expression the hot path matches a request path with."""
+        body = re.escape(prefix + self.path)
+        body = body.replace(re.escape("{slug}"), "(?P<arg>" + SLUG_PATTERN[1:-1] + ")")
+        body = body.replace(re.escape("{path:path}"), "(?P<arg>.*)")
+        return re.compile(rf"\A{body}\Z")
+
+
+HOT_ROUTES = (
+    HotRoute("check", "/authz/check", ("POST",)),
+    HotRoute("query", "/endpoints/{slug}/query", ("POST",)),
+    HotRoute("forward", "/authz/forward", ("GET",)),
+    HotRoute("forward", "/authz/forward", FORWARD_METHODS[1:], documented=False),
+    # Envoy appends the original path to the check request's.
+    HotRoute("forward", "/authz/forward/{path:path}", FORWARD_METHODS, documented=False),
+)
+
 Route = tuple[str, str | None]  # ("check", None), ("query", slug), ("forward", path suffix)
 
 
@@ -66,32 +96,44 @@ class HotPath:
     """The decision routes of `prefix` and the app that serves them (`DecisionRoutes` behind
     the edge middlewares); `WardenAPI.__call__` hands matching requests to it."""
 
-    def __init__(self, app: ASGIApp, *, prefix: str) -> None:
+    def __init__(self, app: ASGIApp, *, prefix: str, routes: tuple[HotRoute, ...] = HOT_ROUTES):
         self.app = app
-        self.check_path = f"{prefix}/authz/check"
-        self.endpoints_prefix = f"{prefix}/endpoints/"
-        self.forward_path = f"{prefix}/authz/forward"
+        self.prefix = prefix
+        self._table = [(frozenset(r.methods), r.pattern(prefix), r.kind) for r in routes]
 
     def route(self, scope: Scope) -> Route | None:
         """Which decision route a request is for, or None when it is not one of them."""
         if scope["type"] != "http":
             return None
-        method: str = scope["method"]
         path: str = scope["path"]
-        if method == "POST":
-            if path == self.check_path:
-                return ("check", None)
-            if path.startswith(self.endpoints_prefix) and path.endswith(_QUERY_SUFFIX):
-                slug = path[len(self.endpoints_prefix) : -len(_QUERY_SUFFIX)]
-                if _SLUG.match(slug):  # anything else gets FastAPI's 404/422
-                    return ("query", slug)
-        if method in FORWARD_METHODS and path.startswith(self.forward_path):
-            rest = path[len(self.forward_path) :]
-            if not rest:
-                return ("forward", None)
-            if rest.startswith("/"):  # Envoy appends the original path
-                return ("forward", rest[1:])
+        if not path.startswith(self.prefix):
+            return None
+        method: str = scope["method"]
+        for methods, pattern, kind in self._table:
+            if method in methods:
+                match = pattern.match(path)
+                if match is not None:
+                    return (kind, match.groupdict().get("arg"))
         return None
+
+
+async def serve_check(state: Runtime, principal: Principal, data: CheckRequest) -> CheckResponse:
+    """`POST /authz/check`."""
+    return await service.check(state.endpoints, state.pipeline, principal, data)
+
+
+async def serve_query(
+    state: Runtime, request: Request, principal: Principal, slug: str
+) -> Response:
+    """`POST /endpoints/{slug}/query`."""
+    return await service.query(
+        state.endpoints, state.pipeline, state.relay, request, principal, slug
+    )
+
+
+async def serve_forward(state: Runtime, request: Request, suffix: str | None) -> Response:
+    """`/authz/forward` (and Envoy's `/authz/forward/<original path>`)."""
+    return await state.gateway.forward_auth(request, suffix)
 
 
 class DecisionRoutes:
@@ -100,24 +142,24 @@ class DecisionRoutes:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind, arg = scope["path_params"].pop("route")
         request = Request(scope, receive)
-        runtime = scope["app"].state.runtime
+        state: Runtime = scope["app"].state.runtime
         response: Response
         try:
             if kind == "check":
-                principal = await current_principal(request, runtime)
+                principal = await current_principal(request, state)
                 data = await _check_request(scope, receive)
-                result = await service.check(runtime, principal, data)
+                result = await serve_check(state, principal, data)
                 await _send_json(send, result.model_dump_json().encode())
                 return
             if kind == "forward":
                 if arg is not None:
                     scope["path_params"]["path"] = arg
-                response = await gateway.forward_auth(runtime, request, suffix=arg)
+                response = await serve_forward(state, request, arg)
             else:
                 assert arg is not None  # noqa: S101  (a query route always has its slug)
                 scope["path_params"]["slug"] = arg
-                principal = await current_principal(request, runtime)
-                response = await service.query(runtime, request, principal, arg)
+                principal = await current_principal(request, state)
+                response = await serve_query(state, request, principal, arg)
         except AppError as exc:
             response = app_error_response(request, exc)
         except RequestValidationError as exc:

@@ -1,34 +1,44 @@
-"""The per-process state built in the app's lifespan: one of each, shared by every request."""
+"""The per-process state built in the app's lifespan: one of each, shared by every request.
+
+Only the web layer and the composition roots see this aggregate; every service receives the one
+or two collaborators it uses (the routes pick them out of it)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import uuid
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import httpx
 import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.requests import Request
 
+from app.apikeys.cache import ApiKeyCache
 from app.audit.service import AuditWriter
-from app.authz.bindings import BindingIndex
-from app.authz.compiled import ApiKeyCache, EndpointCache
+from app.authz.bindings import Binding, BindingIndex
+from app.authz.compiled import EndpointCache
+from app.authz.decision import Decider
+from app.authz.gateway import Gateway
+from app.authz.pipeline import DecisionPipeline
+from app.authz.relay import Relay
 from app.authz.upstream import NoCookies, UpstreamTransport
+from app.browser_sessions import service as browser_sessions
 from app.core.config import Settings
 from app.core.crypto import KeyRing
 from app.core.db import make_engine
+from app.core.identity import Principal
 from app.core.invalidation import InvalidationBus
 from app.core.ratelimit import AsyncLimiter
 from app.credentials.browser import SessionStore
 from app.credentials.revocation import RevocationStore
 from app.credentials.signing import SigningKeyring
+from app.credentials.tokens import verify_local_token
 from app.issuers.satellite import SatelliteVerifier
+from app.issuers.service import IssuerRules
+from app.web.authenticate import Authenticator, ExchangeGuard, Mode
 
 log = structlog.get_logger("warden.runtime")
 KEY_RELOAD_SECONDS = 60
@@ -54,21 +64,47 @@ class Runtime:
     bindings: BindingIndex
     satellites: SatelliteVerifier
     sessions: SessionStore
+    pipeline: DecisionPipeline
+    relay: Relay
+    issuer_rules: IssuerRules
+    authenticator: Authenticator = field(init=False)
+    gateway: Gateway = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _used_keys: set[uuid.UUID] = field(default_factory=set)
 
-    def touch_api_key(self, key_id: uuid.UUID) -> None:
-        """Note a key's use; `last_used_at` is written in the background, not per request."""
-        self._used_keys.add(key_id)
+    def __post_init__(self) -> None:
+        # Built from the state itself: the authenticator reads the credential stores, and the
+        # gateway decides with the authenticator in its gateway mode.
+        self.authenticator = Authenticator(
+            settings=self.settings,
+            audit=self.audit,
+            apikeys=self.apikeys,
+            satellites=self.satellites,
+            revocations=self.revocations,
+            verify_local=lambda parsed, cache: verify_local_token(self, parsed, cache),
+            cookie=lambda cookie, method, headers: browser_sessions.authenticate_cookie(
+                self, cookie, method, headers
+            ),
+            exchange=ExchangeGuard(
+                check_client_certificate=lambda headers: browser_sessions.check_client_certificate(
+                    self, headers
+                ),
+                refused=lambda reason: browser_sessions.service_key_refused(self, reason),
+                require_scope=lambda caller: browser_sessions.require_exchange_scope(self, caller),
+            ),
+        )
 
-    async def flush_key_usage(self) -> None:
-        """Write `last_used_at` for the keys used since the last flush."""
-        if not self._used_keys:
-            return
-        used, self._used_keys = self._used_keys, set()
-        from app.apikeys.service import mark_used
+        async def authenticate_for_binding(request: Request, binding: Binding) -> Principal:
+            return await self.authenticator.authenticate(
+                request, Mode.GATEWAY, tenant_hint=binding.tenant_slug
+            )
 
-        await mark_used(self.sessionmaker, used)
+        self.gateway = Gateway(
+            bindings=self.bindings,
+            endpoints=self.endpoints,
+            pipeline=self.pipeline,
+            authenticate=authenticate_for_binding,
+            identity_headers=self.settings.forward_identity_headers,
+        )
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -80,6 +116,15 @@ class Runtime:
         publish_for = timedelta(
             seconds=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60
         )
+        limiter = AsyncLimiter(settings.redis_url, redis)
+        audit = AuditWriter(sessionmaker, settings.audit_flush_interval_ms)
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.upstream_timeout_seconds),
+            follow_redirects=False,
+            transport=UpstreamTransport(max_connections=settings.upstream_max_connections),
+            trust_env=False,
+            cookies=NoCookies(),
+        )
         return cls(
             settings=settings,
             engine=engine,
@@ -88,21 +133,18 @@ class Runtime:
             redis=redis,
             keyring=SigningKeyring(sessionmaker, master, publish_for),
             revocations=RevocationStore(redis),
-            limiter=AsyncLimiter(settings.redis_url, redis),
-            audit=AuditWriter(sessionmaker, settings.audit_flush_interval_ms),
+            limiter=limiter,
+            audit=audit,
             bus=InvalidationBus(redis),
-            http=httpx.AsyncClient(
-                timeout=httpx.Timeout(settings.upstream_timeout_seconds),
-                follow_redirects=False,
-                transport=UpstreamTransport(max_connections=settings.upstream_max_connections),
-                trust_env=False,
-                cookies=NoCookies(),
-            ),
+            http=http,
             endpoints=EndpointCache(sessionmaker, master),
             apikeys=ApiKeyCache(sessionmaker),
             bindings=BindingIndex(sessionmaker),
             satellites=SatelliteVerifier(sessionmaker, settings),
             sessions=SessionStore(sessionmaker, redis, settings),
+            pipeline=DecisionPipeline(Decider(), limiter, audit),
+            relay=Relay(http, settings.upstream_allowed_hosts),
+            issuer_rules=IssuerRules(settings.issuer, settings.upstream_allowed_hosts),
         )
 
     async def start(self) -> None:
@@ -123,7 +165,7 @@ class Runtime:
             await asyncio.sleep(KEY_RELOAD_SECONDS)
             try:
                 await self.keyring.load(create_if_missing=False)
-                await self.flush_key_usage()
+                await self.apikeys.flush_usage()
             except Exception as exc:  # a transient database error must not kill the loop
                 log.error("background_refresh_failed", error=repr(exc))
 
@@ -136,7 +178,7 @@ class Runtime:
         self._tasks.clear()
         await self.bus.stop()
         try:
-            await self.flush_key_usage()
+            await self.apikeys.flush_usage()
         except Exception as exc:
             log.error("key_usage_flush_failed", error=repr(exc))
         await self.audit.stop()
@@ -147,35 +189,3 @@ class Runtime:
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
-
-
-def settle_heap() -> None:
-    """Move everything alive after start-up (modules, models, caches) out of the garbage
-    collector's reach: a full collection then walks the request garbage, not the ~200k
-    long-lived objects, which had stalled the event loop for ~100 ms each."""
-    gc.collect()
-    gc.freeze()
-
-
-def runtime_lifespan(
-    settings: Settings, shared: Runtime | None = None
-) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
-    """An app lifespan that puts a runtime on `app.state`: its own (built, started, stopped
-    here), or a shared one whose owner (`warden serve`) manages its lifecycle."""
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        if shared is not None:
-            app.state.runtime = shared
-            yield
-            return
-        runtime = Runtime.build(settings)
-        await runtime.start()
-        app.state.runtime = runtime
-        settle_heap()
-        try:
-            yield
-        finally:
-            await runtime.stop()
-
-    return lifespan

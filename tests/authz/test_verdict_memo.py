@@ -1,4 +1,4 @@
-"""Remembered verdicts (`app.authz.decision.evaluate`): the same question gets the same answer
+"""Remembered verdicts (`app.authz.decision.Decider`): the same question gets the same answer
 without re-evaluating, but never an answer about another endpoint version, another subject, or
 a rule that reads the clock."""
 
@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from app.authz.compiled import CompiledEndpoint
-from app.authz.decision import RequestFacts, Subject, evaluate
+from app.authz.decision import Decider, RequestFacts, Subject
 from app.core.identity import Role
 from app.policies.engine import AccessConfig, AccessPolicy, RulePolicy, parse_rule_config
 
@@ -48,6 +48,9 @@ def subject(email: str, role: Role = Role.MEMBER) -> Subject:
         claims={"sub": email, "email": email, "role": role.value},
     )
 
+
+# One decider for the module, as one process has one.
+evaluate = Decider().evaluate
 
 FACTS = RequestFacts(method="POST", path="/endpoints/memo-test", ip="10.0.0.1")
 
@@ -107,3 +110,11 @@ def test_rules_that_read_the_clock_are_evaluated_every_time(monkeypatch: pytest.
     assert evaluate(ep, ann, FACTS).allowed
     monkeypatch.setattr(time, "time", lambda: deadline + 1)
     assert not evaluate(ep, ann, FACTS).allowed
+
+
+def test_two_apps_in_one_process_share_no_answers():
+    # Each web state builds its own decider: a verdict remembered by one app is not the other's.
+    ep, ann = endpoint(), subject("ann@corp.example")
+    one, other = Decider(), Decider()
+    assert one.evaluate(ep, ann, FACTS) == other.evaluate(ep, ann, FACTS)
+    assert one.evaluate(ep, ann, FACTS) is not other.evaluate(ep, ann, FACTS)

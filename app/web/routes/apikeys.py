@@ -37,5 +37,5 @@ async def revoke_key(
     key_id: uuid.UUID, principal: AdminPrincipal, session: TenantSession, runtime: RuntimeDep
 ) -> Response:
     """Revoke a key; refused by every process from now on."""
-    await service.revoke_key(session, runtime, principal, key_id)
+    await service.revoke_key(session, runtime.bus, principal, key_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

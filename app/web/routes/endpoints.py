@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Response, status
 
 from app.core.pagination import Page, PageParams, page_params
 from app.core.schemas import Slug
-from app.endpoints import repository, service
+from app.endpoints import service
 from app.endpoints.schemas import CredentialInfo, EndpointCreate, EndpointPublic, EndpointUpdate
 from app.policies import service as policies
 from app.policies.schemas import PolicyCreate, PolicyPublic, PolicyUpdate
@@ -41,7 +41,12 @@ async def create_endpoint(
     body: EndpointCreate, principal: AdminPrincipal, session: TenantSession, runtime: RuntimeDep
 ) -> EndpointPublic:
     """Protect a new endpoint."""
-    return await _public(session, await service.create_endpoint(session, runtime, principal, body))
+    return await _public(
+        session,
+        await service.create_endpoint(
+            session, runtime.bus, runtime.settings.upstream_allowed_hosts, principal, body
+        ),
+    )
 
 
 @router.get("/{slug}", response_model=EndpointPublic)
@@ -49,7 +54,7 @@ async def get_endpoint(
     slug: Slug, principal: ViewerPrincipal, session: TenantSession
 ) -> EndpointPublic:
     """One endpoint, with its credential's header, fingerprint and last 4 characters."""
-    return await _public(session, await repository.get_by_slug(session, slug))
+    return await _public(session, await service.get_by_slug(session, slug))
 
 
 @router.patch("/{slug}", response_model=EndpointPublic)
@@ -61,7 +66,9 @@ async def update_endpoint(
     runtime: RuntimeDep,
 ) -> EndpointPublic:
     """Change an endpoint; takes effect in every process at once."""
-    endpoint = await service.update_endpoint(session, runtime, principal, slug, body)
+    endpoint = await service.update_endpoint(
+        session, runtime.bus, runtime.settings.upstream_allowed_hosts, principal, slug, body
+    )
     return await _public(session, endpoint)
 
 
@@ -70,7 +77,7 @@ async def delete_endpoint(
     slug: Slug, principal: AdminPrincipal, session: TenantSession, runtime: RuntimeDep
 ) -> Response:
     """Remove an endpoint with its policies and credential."""
-    await service.delete_endpoint(session, runtime, principal, slug)
+    await service.delete_endpoint(session, runtime.bus, principal, slug)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -95,7 +102,7 @@ async def create_policy(
     runtime: RuntimeDep,
 ) -> PolicyPublic:
     """Attach a policy (configuration validated per type)."""
-    policy = await policies.create_policy(session, runtime, principal, slug, body)
+    policy = await policies.create_policy(session, runtime.bus, principal, slug, body)
     return PolicyPublic.model_validate(policy)
 
 
@@ -117,7 +124,7 @@ async def update_policy(
     runtime: RuntimeDep,
 ) -> PolicyPublic:
     """Change a policy's configuration, priority or enabled flag."""
-    policy = await policies.update_policy(session, runtime, principal, slug, policy_id, body)
+    policy = await policies.update_policy(session, runtime.bus, principal, slug, policy_id, body)
     return PolicyPublic.model_validate(policy)
 
 
@@ -130,7 +137,7 @@ async def delete_policy(
     runtime: RuntimeDep,
 ) -> Response:
     """Remove a policy."""
-    await policies.delete_policy(session, runtime, principal, slug, policy_id)
+    await policies.delete_policy(session, runtime.bus, principal, slug, policy_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -143,7 +150,7 @@ async def put_credential(
     runtime: RuntimeDep,
 ) -> CredentialInfo:
     """Set the upstream credential (write-only: the value is never shown again)."""
-    row = await secrets.put_credential(session, runtime, principal, slug, body)
+    row = await secrets.put_credential(session, runtime.bus, runtime.master, principal, slug, body)
     return CredentialInfo.model_validate(row)
 
 
@@ -152,5 +159,5 @@ async def delete_credential(
     slug: Slug, principal: AdminPrincipal, session: TenantSession, runtime: RuntimeDep
 ) -> Response:
     """Remove the upstream credential."""
-    await secrets.delete_credential(session, runtime, principal, slug)
+    await secrets.delete_credential(session, runtime.bus, principal, slug)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

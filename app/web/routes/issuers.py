@@ -28,7 +28,9 @@ async def create_issuer(
     body: IssuerCreate, principal: AdminPrincipal, session: TenantSession, runtime: RuntimeDep
 ) -> IssuerPublic:
     """Trust an issuer's tokens (exactly one of `jwks_uri`, `jwks`, `public_keys_pem`)."""
-    return service.public_view(await service.create_issuer(session, runtime, principal, body))
+    return service.public_view(
+        await service.create_issuer(session, runtime.bus, runtime.issuer_rules, principal, body)
+    )
 
 
 @router.get("/{issuer_id}", response_model=IssuerPublic)
@@ -44,5 +46,5 @@ async def delete_issuer(
     issuer_id: uuid.UUID, principal: AdminPrincipal, session: TenantSession, runtime: RuntimeDep
 ) -> Response:
     """Stop trusting an issuer; its tokens are refused everywhere from now on."""
-    await service.delete_issuer(session, runtime, principal, issuer_id)
+    await service.delete_issuer(session, runtime.bus, principal, issuer_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

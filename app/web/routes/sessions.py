@@ -7,7 +7,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, status
 
-from app.apikeys.service import KEY_PREFIX
 from app.browser_sessions import service
 from app.browser_sessions.schemas import (
     ExchangeRequest,
@@ -18,18 +17,11 @@ from app.browser_sessions.schemas import (
     SessionPublic,
 )
 from app.core.config import Settings
-from app.core.errors import Unauthenticated
 from app.core.identity import Principal
 from app.core.pagination import Page, PageParams, page_params
 from app.core.ratelimit import limiter, login_limit
-from app.web.deps import (
-    DbSession,
-    RuntimeDep,
-    TenantSession,
-    ViewerPrincipal,
-    authenticate_api_key,
-    bearer_token,
-)
+from app.web.authenticate import Mode
+from app.web.deps import DbSession, RuntimeDep, TenantSession, ViewerPrincipal
 
 router = APIRouter(prefix="/sessions", tags=["browser sessions"])
 internal_router = APIRouter(prefix="/internal/v1/sessions", tags=["session exchange"])
@@ -119,26 +111,8 @@ async def revoke_session(
 
 
 async def service_principal(request: Request, runtime: RuntimeDep) -> Principal:
-    """An API key holding `sessions:exchange` (and, when configured, a vouched client cert).
-
-    Browser credentials (cookies, user JWTs) are never looked at here."""
-    service.check_client_certificate(runtime, request.headers)
-    api_key = request.headers.get("x-api-key")
-    try:
-        token = bearer_token(request)
-    except Unauthenticated:
-        token = None
-    key = (api_key if api_key is not None else token or "").strip()
-    if not key.startswith(KEY_PREFIX) or (api_key is not None and token is not None):
-        service.service_key_refused(runtime, "no_service_key")
-        raise Unauthenticated("A service API key is required.", code="service_key_required")
-    try:
-        caller = await authenticate_api_key(runtime, key)
-    except Unauthenticated:
-        service.service_key_refused(runtime, "invalid_api_key")
-        raise
-    service.require_exchange_scope(runtime, caller)
-    return caller
+    """An API key holding `sessions:exchange` (the authenticator's internal mode)."""
+    return await runtime.authenticator.authenticate(request, Mode.INTERNAL)
 
 
 ServicePrincipal = Annotated[Principal, Depends(service_principal)]
