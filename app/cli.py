@@ -7,7 +7,7 @@ import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -189,9 +189,13 @@ def audit_verify(
     """Walk the audit hash chains; exit code 1 when any chain is broken."""
     from app.audit.service import UnknownTenant
     from app.audit.verify import verify_chains
+    from app.tenants.service import slugs_by_id
+
+    async def verify(maker: async_sessionmaker[AsyncSession], _settings: Settings) -> Any:
+        return await verify_chains(maker, await slugs_by_id(maker), tenant)
 
     try:
-        results = _run_with_sessionmaker(lambda maker, _settings: verify_chains(maker, tenant))
+        results = _run_with_sessionmaker(verify)
     except UnknownTenant as exc:
         typer.echo(f"error: no tenant {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -214,6 +218,7 @@ def audit_prune(
 ) -> None:
     """Delete audit events older than the retention period; the chains keep verifying."""
     from app.audit.service import UnknownTenant, parse_age, prune_chains
+    from app.tenants.service import slugs_by_id
 
     settings = get_settings()
     try:
@@ -222,7 +227,11 @@ def audit_prune(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     try:
-        pruned = _run_with_sessionmaker(lambda maker, _settings: prune_chains(maker, age, tenant))
+
+        async def prune(maker: async_sessionmaker[AsyncSession], _settings: Settings) -> Any:
+            return await prune_chains(maker, age, await slugs_by_id(maker), tenant)
+
+        pruned = _run_with_sessionmaker(prune)
     except UnknownTenant as exc:
         typer.echo(f"error: no tenant {exc}", err=True)
         raise typer.Exit(2) from exc

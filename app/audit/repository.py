@@ -26,7 +26,6 @@ from app.core.db import SKIP_TENANT_FILTER, set_session_tenant
 from app.core.errors import Unprocessable
 from app.core.logging import mask_email
 from app.core.pagination import PageParams
-from app.tenants.models import Tenant
 
 EXPORT_CHUNK = 1000
 ERASED_PREFIX = "erased:"
@@ -165,12 +164,6 @@ async def chain_keys(session: AsyncSession) -> list[str]:
     """Every chain that has a head (one per tenant with events, plus `system`)."""
     stmt = select(col(AuditChainHead.chain)).order_by(col(AuditChainHead.chain))
     return [str(key) for key in (await session.execute(stmt)).scalars()]
-
-
-async def tenant_slugs(session: AsyncSession) -> dict[str, str]:
-    """Every tenant's slug by its id (chains are keyed by tenant id)."""
-    rows = (await session.execute(select(col(Tenant.id), col(Tenant.slug)))).all()
-    return {str(tenant_id): str(slug) for tenant_id, slug in rows}
 
 
 async def chain_segment(

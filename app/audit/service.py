@@ -23,7 +23,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -564,11 +564,13 @@ class ChainBroken(RuntimeError):
 
 
 async def resolve_chains(
-    sessionmaker: async_sessionmaker[AsyncSession], slug: str | None = None
+    sessionmaker: async_sessionmaker[AsyncSession],
+    slugs: Mapping[str, str],
+    slug: str | None = None,
 ) -> list[tuple[str, uuid.UUID | None]]:
-    """(display name, tenant id or None for the system chain) of one tenant's or every chain."""
+    """(display name, tenant id or None for the system chain) of one tenant's or every chain;
+    `slugs` maps tenant ids (as text) to slugs, as the tenants domain tells them."""
     async with sessionmaker() as session:
-        slugs = await repository.tenant_slugs(session)
         keys = await repository.chain_keys(session)
     if slug is not None:
         by_slug = {v: k for k, v in slugs.items()}
@@ -643,12 +645,13 @@ def parse_age(text: str) -> timedelta:
 async def prune_chains(
     sessionmaker: async_sessionmaker[AsyncSession],
     older_than: timedelta,
+    slugs: Mapping[str, str],
     slug: str | None = None,
 ) -> list[PruneResult]:
     """Prune one tenant's chain or every chain, each in its own transaction."""
     cutoff = utcnow() - older_than
     done = []
-    for name, tenant_id in await resolve_chains(sessionmaker, slug):
+    for name, tenant_id in await resolve_chains(sessionmaker, slugs, slug):
         try:
             async with sessionmaker() as session, session.begin():
                 done.append(PruneResult(name, await prune_chain(session, tenant_id, cutoff)))

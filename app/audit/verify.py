@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -207,11 +208,13 @@ class ChainResult:
 
 
 async def verify_chains(
-    sessionmaker: async_sessionmaker[AsyncSession], slug: str | None = None
+    sessionmaker: async_sessionmaker[AsyncSession],
+    slugs: Mapping[str, str],
+    slug: str | None = None,
 ) -> list[ChainResult]:
     """Verify one tenant's chain (by slug) or every chain, the system chain included."""
     results = []
-    for name, tenant_id in await resolve_chains(sessionmaker, slug):
+    for name, tenant_id in await resolve_chains(sessionmaker, slugs, slug):
         results.append(ChainResult(name, await verify_chain(sessionmaker, tenant_id)))
     return results
 

@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col
 
 from app.audit.models import AuditChainHead
 from app.audit.service import record
-from app.core.db import set_session_tenant
+from app.core.db import SKIP_TENANT_FILTER, set_session_tenant
 from app.core.errors import Conflict, NotFound
 from app.core.identity import Actor, Principal, Role
 from app.core.types import utcnow
@@ -126,3 +127,13 @@ async def delete_tenant(session: AsyncSession, runtime: Runtime, principal: Prin
         target_id=str(tenant.id),
         details={"slug": tenant.slug},
     )
+
+
+async def slugs_by_id(sessionmaker: async_sessionmaker[AsyncSession]) -> dict[str, str]:
+    """Every tenant's slug by its id as text (maintenance across tenants, e.g. audit chains)."""
+    async with sessionmaker() as session:
+        stmt = select(col(Tenant.id), col(Tenant.slug)).execution_options(
+            **{SKIP_TENANT_FILTER: True}
+        )
+        rows = (await session.execute(stmt)).all()
+    return {str(tenant_id): str(slug) for tenant_id, slug in rows}
