@@ -352,7 +352,11 @@ class AsyncLimiter:
 
 def _unavailable(exc: Exception) -> ServiceUnavailable:
     log.error("rate_limit_store_unavailable", error=type(exc).__name__)
-    return ServiceUnavailable("The rate-limit store is unavailable.")
+    return ServiceUnavailable(
+        "The rate-limit store is unavailable.",
+        code="redis_unavailable",
+        headers={"Retry-After": "1"},
+    )
 
 
 def parse_limit(text: str) -> RateLimitItem:
