@@ -127,11 +127,6 @@ class Settings(BaseSettings):
         """The `iss` of Warden's own tokens (defaults to the public URL)."""
         return (self.jwt_issuer or self.public_url).rstrip("/")
 
-    @property
-    def is_sqlite(self) -> bool:
-        """True when the embedded SQLite database is in use."""
-        return self.database_url.startswith("sqlite")
-
 
 @lru_cache
 def get_settings() -> Settings:

@@ -101,22 +101,3 @@ class KeyRing:
     def kid_of(token: str) -> str:
         """The master key id a ciphertext was made with."""
         return token.split(".", 2)[1] if token.count(".") >= 2 else ""
-
-
-_ring: KeyRing | None = None
-
-
-def get_keyring() -> KeyRing:
-    """The process-wide key ring built from settings (cached)."""
-    global _ring
-    if _ring is None:
-        from app.core.config import get_settings
-
-        _ring = KeyRing.from_settings(get_settings().warden_master_key)
-    return _ring
-
-
-def reset_keyring() -> None:
-    """Forget the cached ring (after the settings change, e.g. in tests or rotation)."""
-    global _ring
-    _ring = None

@@ -37,10 +37,6 @@ class AppError(Exception):
         super().__init__(self.message)
 
 
-class BadRequest(AppError):
-    """The request is malformed in a way validation did not catch."""
-
-
 class Unauthenticated(AppError):
     """No valid credential."""
 
@@ -83,14 +79,6 @@ class Unprocessable(AppError):
     status_code = 422
     code = "validation_error"
     message = "Invalid input."
-
-
-class PayloadTooLarge(AppError):
-    """The body exceeds the configured cap."""
-
-    status_code = 413
-    code = "payload_too_large"
-    message = "Request body too large."
 
 
 class RateLimited(AppError):
