@@ -44,6 +44,7 @@ from app.core.db import SKIP_TENANT_FILTER, set_session_tenant
 from app.core.errors import ServiceUnavailable
 from app.core.identity import SYSTEM, Actor
 from app.core.logging import mask_email
+from app.core.pagination import PageParams
 from app.core.types import utcnow
 
 log = structlog.get_logger("warden.audit")
@@ -658,6 +659,13 @@ async def prune_chains(
         except ChainBroken as exc:
             done.append(PruneResult(name, 0, str(exc)))
     return done
+
+
+async def list_events(
+    session: AsyncSession, filters: AuditFilters, params: PageParams
+) -> tuple[list[AuditEvent], str | None]:
+    """A page of the session tenant's events, newest first."""
+    return await repository.list_page(session, filters, params)
 
 
 async def export_events(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import time
@@ -359,8 +360,9 @@ def _unavailable(exc: Exception) -> ServiceUnavailable:
     )
 
 
+@functools.lru_cache(maxsize=64)
 def parse_limit(text: str) -> RateLimitItem:
-    """`10/minute` → a limit item."""
+    """`10/minute` → a limit item (parsed once per text)."""
     return parse(text)
 
 

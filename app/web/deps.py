@@ -10,9 +10,11 @@ import structlog
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.context import current_request
 from app.core.db import run_post_commit, set_session_tenant
-from app.core.errors import AppError, Forbidden
+from app.core.errors import AppError, Forbidden, RateLimited
 from app.core.identity import Principal, Role
+from app.core.ratelimit import parse_limit
 from app.web.state import Runtime
 
 
@@ -100,3 +102,17 @@ ViewerPrincipal = Annotated[Principal, Depends(require_role(Role.VIEWER))]
 MemberPrincipal = Annotated[Principal, Depends(require_role(Role.MEMBER))]
 AdminPrincipal = Annotated[Principal, Depends(require_role(Role.ADMIN))]
 OwnerPrincipal = Annotated[Principal, Depends(require_role(Role.OWNER))]
+
+
+async def limit_login_attempts(runtime: RuntimeDep) -> None:
+    """The per-IP limit on login, registration and browser sign-in (`LOGIN_RATE_LIMIT`),
+    counted in the process's limit store (Redis when configured: shared by every process)."""
+    ip = current_request().ip or "unknown"
+    state = await runtime.limiter.hit(
+        parse_limit(runtime.settings.login_rate_limit), "login-ip", ip
+    )
+    if not state.allowed:
+        raise RateLimited("Too many requests from this address.", headers=state.headers())
+
+
+LoginAttempt = Depends(limit_login_attempts)

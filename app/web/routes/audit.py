@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
-from app.audit import repository, service, verify
+from app.audit import service, verify
 from app.audit.schemas import (
     AuditEventPublic,
     AuditFilters,
@@ -30,7 +30,7 @@ async def list_events(
     params: PageParams = Depends(page_params),
 ) -> Page[AuditEventPublic]:
     """The tenant's audit events, newest first (`next_cursor` pages back in time)."""
-    rows, cursor = await repository.list_page(session, filters, params)
+    rows, cursor = await service.list_events(session, filters, params)
     items = [AuditEventPublic.model_validate(event_view(row)) for row in rows]
     return Page(items=items, next_cursor=cursor)
 
