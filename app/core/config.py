@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     login_rate_limit: str = "10/minute"
     audit_retention_days: int = Field(default=90, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # `auto`: readable lines when stdout is a terminal, JSON otherwise (see app.core.logging).
+    log_format: Literal["auto", "json", "console"] = "auto"
 
     public_url: str = "http://127.0.0.1:8000"
     jwt_issuer: str | None = None
