@@ -547,7 +547,9 @@ def dev(
 
     env_file = os.environ.get(ENV_FILE_VARIABLE, ".env")
     if not env_file:
-        typer.echo(f"error: warden dev keeps its keys in an env file; unset {ENV_FILE_VARIABLE}")
+        typer.echo(
+            f"error: warden dev keeps its keys in an env file; unset {ENV_FILE_VARIABLE}", err=True
+        )
         raise typer.Exit(2)
     _ensure_env_file(Path(env_file))
     password = _demo_password(Path(env_file))
