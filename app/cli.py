@@ -341,17 +341,245 @@ def _ensure_env_file(path: Path) -> None:
         handle.write("\n".join(lines) + "\n")
 
 
+# Kept in the dev env file (Settings ignores it) so every `warden dev` can print working commands.
+_DEMO_PASSWORD_KEY = "WARDEN_DEV_DEMO_PASSWORD"  # noqa: S105  (a variable name)
+
+
+def _demo_password(path: Path) -> str:
+    """The demo users' password: read from the dev env file, or made and stored there."""
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == _DEMO_PASSWORD_KEY and value.strip():
+            return value.strip()
+    password = secrets.token_urlsafe(18)
+    with path.open("a") as handle:
+        handle.write("# The demo users' password (warden dev prints it)\n")
+        handle.write(f"{_DEMO_PASSWORD_KEY}={password}\n")
+    return password
+
+
+def _allow_loopback_upstreams() -> None:
+    """The demo upstream listens on 127.0.0.1: let this process's outbound guard reach it."""
+    import os
+
+    hosts = get_settings().upstream_allowed_hosts
+    if "127.0.0.1" not in hosts:
+        os.environ["UPSTREAM_ALLOWED_HOSTS"] = ",".join([*hosts, "127.0.0.1"])
+        get_settings.cache_clear()
+
+
+class _DemoSetupError(Exception):
+    """The demo endpoint could not be provisioned through the API."""
+
+
+async def _provision_demo(
+    base: str, *, tenant: str, owner: str, denied: str, password: str, upstream: str
+) -> None:
+    """Through the public API, as the demo owner: a member the access policy denies, the `echo`
+    endpoint forwarding to `upstream` (its URL refreshed on every start) and its policies."""
+    import httpx
+
+    domain = owner.rpartition("@")[2]
+    async with httpx.AsyncClient(base_url=base, timeout=30, trust_env=False) as http:
+        login = await http.post(
+            "/api/v1/auth/login", json={"email": owner, "password": password, "tenant": tenant}
+        )
+        if login.status_code != 200:
+            raise _DemoSetupError(
+                f"cannot log in as {owner} with the password in the dev env file "
+                f"({login.status_code}); remove warden.db to recreate the demo tenant"
+            )
+        auth = {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+        async def call(
+            method: str, url: str, ok: tuple[int, ...], **kwargs: object
+        ) -> httpx.Response:
+            r = await http.request(method, url, headers=auth, **kwargs)  # type: ignore[arg-type]
+            if r.status_code not in ok:
+                raise _DemoSetupError(f"{method} {url}: {r.status_code} {r.text}")
+            return r
+
+        await call(
+            "POST",
+            "/api/v1/users",
+            (201, 409),
+            json={"email": denied, "password": password, "role": "member"},
+        )
+        endpoint = await call("GET", "/api/v1/endpoints/echo", (200, 404))
+        if endpoint.status_code == 404:
+            body = {"name": "Echo", "slug": "echo", "upstream_url": upstream}
+            body["description"] = "Demo: forwards queries to the echo upstream of warden dev."
+            await call("POST", "/api/v1/endpoints", (201,), json=body)
+        elif endpoint.json().get("upstream_url") != upstream:
+            await call("PATCH", "/api/v1/endpoints/echo", (200,), json={"upstream_url": upstream})
+        policies = await call("GET", "/api/v1/endpoints/echo/policies", (200,))
+        if not policies.json()["items"]:
+            for policy_type, configuration in (
+                ("access", {"mode": "allow", "patterns": [f"*@{domain}"]}),
+                ("access", {"mode": "deny", "patterns": [denied]}),
+                (
+                    "rate_limit",
+                    {"requests_per_period": 30, "period_seconds": 60, "scope": "per_user"},
+                ),
+            ):
+                await call(
+                    "POST",
+                    "/api/v1/endpoints/echo/policies",
+                    (201,),
+                    json={"policy_type": policy_type, "configuration": configuration},
+                )
+
+
+def demo_commands(base: str, *, tenant: str, owner: str, denied: str, password: str) -> str:
+    """The shell commands `warden dev` prints: log in, a query allowed, a query denied."""
+    import json
+    import shlex
+
+    def login(var: str, email: str) -> str:
+        body = json.dumps({"email": email, "password": password, "tenant": tenant})
+        extract = 'import json,sys; print(json.load(sys.stdin)["access_token"])'
+        return (
+            f"{var}=$(curl -s {base}/api/v1/auth/login -H 'content-type: application/json' "
+            f"-d {shlex.quote(body)} | python3 -c {shlex.quote(extract)})"
+        )
+
+    def query(var: str) -> str:
+        return (
+            f"curl -s -w '\\n%{{http_code}}\\n' {base}/api/v1/endpoints/echo/query "
+            f"-H \"Authorization: Bearer ${var}\" -H 'content-type: application/json' "
+            f'-d \'{{"hello": "warden"}}\''
+        )
+
+    return "\n".join(
+        [
+            f"Try it (tenant {tenant}, password {password} for both users):",
+            f"  # log in as {owner} (owner) and as {denied} (member)",
+            f"  {login('TOKEN', owner)}",
+            f"  {login('DENIED_TOKEN', denied)}",
+            f"  # allowed by the access policy *@{owner.rpartition('@')[2]}: 200 and the echo",
+            f"  {query('TOKEN')}",
+            f"  # refused by the access policy denying {denied}: 403",
+            f"  {query('DENIED_TOKEN')}",
+        ]
+    )
+
+
+async def _serve_dev(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    internal_host: str,
+    internal_port: int,
+    tenant: str,
+    owner: str,
+    password: str,
+) -> None:
+    """The echo upstream and Warden on one loop; once Warden is ready, the demo is provisioned
+    through its API and the commands to try it are printed."""
+    import socket
+
+    import httpx
+    import uvicorn
+
+    from app.devserver import echo_app
+
+    class _EchoServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:  # Warden's handler stops the loop's servers
+            yield
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    upstream = f"http://127.0.0.1:{sock.getsockname()[1]}/echo"
+    echo = _EchoServer(
+        uvicorn.Config(echo_app(), log_config=None, access_log=False, lifespan="off")
+    )
+    echo_task = asyncio.create_task(echo.serve(sockets=[sock]))
+    warden = asyncio.create_task(
+        serve_both(
+            settings, host=host, port=port, internal_host=internal_host, internal_port=internal_port
+        )
+    )
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+    base = f"http://{local}:{port}"
+    denied = f"denied@{owner.rpartition('@')[2]}"
+    try:
+        async with httpx.AsyncClient(timeout=2, trust_env=False) as http:
+            while not warden.done():
+                try:
+                    if (await http.get(f"{base}/ready")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+        if not warden.done():
+            try:
+                await _provision_demo(
+                    base,
+                    tenant=tenant,
+                    owner=owner,
+                    denied=denied,
+                    password=password,
+                    upstream=upstream,
+                )
+            except (_DemoSetupError, httpx.HTTPError) as exc:
+                typer.echo(f"demo endpoint not set up: {exc}", err=True)
+            else:
+                typer.echo(
+                    f"\nWarden: {base} (docs {base}/docs); demo endpoint `echo` -> {upstream}\n"
+                    + demo_commands(
+                        base, tenant=tenant, owner=owner, denied=denied, password=password
+                    )
+                    + "\n"
+                )
+        await warden
+    finally:
+        echo.should_exit = True
+        await echo_task
+
+
 @cli.command()
 def dev(
     tenant: str = typer.Option("demo", help="Slug of the demo tenant."),
     email: str = typer.Option("admin@demo.example", help="Email of the demo owner."),
+    host: str = typer.Option(None, help="Bind address (default from settings)."),
+    port: int = typer.Option(None, help="Port (default from settings)."),
+    internal_port: int = typer.Option(
+        None, help="Port of the internal app (default INTERNAL_PORT)."
+    ),
 ) -> None:
-    """Local start: .env with a master key, migrations, a demo tenant, then serve."""
-    _ensure_env_file(Path(".env"))
+    """Local start: .env with a master key, migrations, a demo tenant with an `echo` endpoint
+    (an echo upstream on 127.0.0.1 runs in this process) and its policies, then serve."""
+    import os
+
+    from app.core.config import ENV_FILE_VARIABLE
+
+    env_file = os.environ.get(ENV_FILE_VARIABLE, ".env")
+    if not env_file:
+        typer.echo(
+            f"error: warden dev keeps its keys in an env file; unset {ENV_FILE_VARIABLE}", err=True
+        )
+        raise typer.Exit(2)
+    _ensure_env_file(Path(env_file))
+    password = _demo_password(Path(env_file))
     get_settings.cache_clear()
+    _allow_loopback_upstreams()
     run_migrations()
-    tenant_create(tenant, owner_email=email, name="Demo", password="", if_missing=True)
-    serve(host=None, port=None, internal_host=None, internal_port=None)  # type: ignore[arg-type]
+    tenant_create(tenant, owner_email=email, name="Demo", password=password, if_missing=True)
+    settings = get_settings()
+    asyncio.run(
+        _serve_dev(
+            settings,
+            host=host or settings.host,
+            port=port or settings.port,
+            internal_host=settings.internal_host,
+            internal_port=internal_port or settings.internal_port,
+            tenant=tenant,
+            owner=email,
+            password=password,
+        )
+    )
 
 
 def main() -> None:

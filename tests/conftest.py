@@ -20,6 +20,14 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests.support.environment import make_hermetic
+
+# Before anything reads settings: nothing the person running the suite exported, and no `.env`
+# (`warden dev` writes one with SESSION_COOKIE_SECURE=false), may change a result. Every
+# variable Settings reads is dropped, no dotenv file is read (here or in child processes), and
+# the values below are the only configuration. WARDEN_TEST_* choose the stack.
+make_hermetic()
+
 _TMP = tempfile.mkdtemp(prefix="warden-tests-")
 _PG_URL = os.environ.get("WARDEN_TEST_DATABASE_URL")
 _REDIS_URL = os.environ.get("WARDEN_TEST_REDIS_URL")
@@ -33,28 +41,26 @@ def _database_url() -> str:
 
 
 MASTER_KEY = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
-os.environ.update(
-    {
-        "DATABASE_URL": _database_url(),
-        "WARDEN_MASTER_KEY": MASTER_KEY,
-        "ALLOW_SIGNUP": "true",
-        "GLOBAL_RATE_LIMIT": "100000/minute",
-        "LOGIN_RATE_LIMIT": "1000/minute",
-        "ARGON2_TIME_COST": "1",
-        "ARGON2_MEMORY_COST": "1024",
-        "ARGON2_PARALLELISM": "1",
-        "LOG_LEVEL": "info",
-        "PUBLIC_URL": "http://warden.test",
-        "AUDIT_FLUSH_INTERVAL_MS": "50",
-        "CORS_ORIGINS": "http://app.example",
-        "UPSTREAM_ALLOWED_HOSTS": "127.0.0.1",
-        "UPSTREAM_TIMEOUT_SECONDS": "1.5",
-    }
-)
+# The suite's whole configuration (with REDIS_URL when WARDEN_TEST_REDIS_URL is set).
+TEST_SETTINGS = {
+    "DATABASE_URL": _database_url(),
+    "WARDEN_MASTER_KEY": MASTER_KEY,
+    "ALLOW_SIGNUP": "true",
+    "GLOBAL_RATE_LIMIT": "100000/minute",
+    "LOGIN_RATE_LIMIT": "1000/minute",
+    "ARGON2_TIME_COST": "1",
+    "ARGON2_MEMORY_COST": "1024",
+    "ARGON2_PARALLELISM": "1",
+    "LOG_LEVEL": "info",
+    "PUBLIC_URL": "http://warden.test",
+    "AUDIT_FLUSH_INTERVAL_MS": "50",
+    "CORS_ORIGINS": "http://app.example",
+    "UPSTREAM_ALLOWED_HOSTS": "127.0.0.1",
+    "UPSTREAM_TIMEOUT_SECONDS": "1.5",
+}
 if _REDIS_URL:
-    os.environ["REDIS_URL"] = _REDIS_URL
-else:
-    os.environ.pop("REDIS_URL", None)
+    TEST_SETTINGS["REDIS_URL"] = _REDIS_URL
+os.environ.update(TEST_SETTINGS)
 
 
 def _create_pg_database() -> None:

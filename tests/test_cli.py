@@ -104,3 +104,101 @@ def test_health_of_a_served_process(database):
 
     with warden_process({"DATABASE_URL": database}) as url:
         assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+
+
+def _start_dev(cwd, port: int, internal_port: int) -> tuple[subprocess.Popen[str], list[str]]:
+    """`warden dev` as a person runs it (its own .env and SQLite file in `cwd`); returns the
+    process and the command lines it printed under "Try it"."""
+    import queue
+    import threading
+
+    from tests.support.environment import settings_env_names
+
+    names, _ = settings_env_names()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.upper() not in names and k != "WARDEN_ENV_FILE"  # dev reads the .env it writes
+    }
+    command = [sys.executable, "-m", "app.cli", "dev", "--port", str(port)]
+    proc = subprocess.Popen(
+        [*command, "--internal-port", str(internal_port)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    commands: list[str] = []
+    while True:
+        try:
+            line = lines.get(timeout=90)
+        except queue.Empty:
+            proc.kill()
+            raise AssertionError("warden dev printed no commands:\n" + "".join(seen)) from None
+        if line is None:
+            raise AssertionError("warden dev exited:\n" + "".join(seen))
+        seen.append(line)
+        if line.startswith(("  TOKEN=", "  DENIED_TOKEN=", "  curl ")):
+            commands.append(line.strip())
+        if len(commands) == 4:
+            return proc, commands
+
+
+def _follow(commands: list[str]) -> list[httpx.Response]:
+    """Run the printed curl commands with httpx: `VAR=$(curl … | …)` logs in and keeps the
+    access token in VAR; `curl …` sends the query with $VAR expanded."""
+    import shlex
+
+    tokens: dict[str, str] = {}
+    answers = []
+    for command in commands:
+        var = None
+        if not command.startswith("curl "):
+            var, _, rest = command.partition("=$(")
+            command = rest.rsplit(")", 1)[0].split(" | ")[0]
+        for name, value in tokens.items():
+            command = command.replace(f"${name}", value)
+        args = shlex.split(command)
+        url = next(a for a in args if a.startswith("http://"))
+        headers = dict(args[i + 1].split(": ", 1) for i, a in enumerate(args) if a == "-H")
+        data = args[args.index("-d") + 1]
+        r = httpx.post(url, content=data, headers=headers, timeout=30)
+        if var is not None:
+            assert r.status_code == 200, r.text
+            tokens[var] = r.json()["access_token"]
+        else:
+            answers.append(r)
+    return answers
+
+
+def test_dev_serves_a_demo_endpoint_its_printed_commands_query(tmp_path):
+    import signal
+
+    from tests.support.servers import free_port
+
+    for run in range(2):  # the second start finds the demo and points it at its new upstream
+        proc, commands = _start_dev(tmp_path, free_port(), free_port())
+        try:
+            allowed, denied = _follow(commands)
+            assert allowed.status_code == 200, allowed.text
+            assert allowed.json()["echo"] == {"hello": "warden"}
+            assert allowed.json()["identity"]["x-user-email"] == "admin@demo.example"
+            assert denied.status_code == 403, denied.text
+            assert denied.json()["error"]["code"] == "access_denied"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0, f"run {run}"
+    env_file = (tmp_path / ".env").read_text()
+    assert "SESSION_COOKIE_SECURE=false" in env_file
+    assert env_file.count("WARDEN_MASTER_KEY=") == 1

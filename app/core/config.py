@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import re
 from functools import lru_cache
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+# Names the dotenv file settings are read from instead of `.env` in the working directory; set
+# but empty, no dotenv file is read at all (the test suite runs so, whatever `.env` lies around).
+ENV_FILE_VARIABLE = "WARDEN_ENV_FILE"
 
 
 def _split_csv(value: object) -> object:
@@ -66,6 +77,8 @@ class Settings(BaseSettings):
     login_rate_limit: str = "10/minute"
     audit_retention_days: int = Field(default=90, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # `auto`: readable lines when stdout is a terminal, JSON otherwise (see app.core.logging).
+    log_format: Literal["auto", "json", "console"] = "auto"
 
     public_url: str = "http://127.0.0.1:8000"
     jwt_issuer: str | None = None
@@ -105,6 +118,22 @@ class Settings(BaseSettings):
     internal_port: int = 8001
     internal_client_cert_fingerprints: Annotated[list[str], NoDecode] = Field(default_factory=list)
     internal_client_cert_header: str = "x-forwarded-client-cert"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment, then the dotenv file (`WARDEN_ENV_FILE` or `.env`)."""
+        if ENV_FILE_VARIABLE in os.environ:
+            dotenv_settings = DotEnvSettingsSource(
+                settings_cls, env_file=os.environ[ENV_FILE_VARIABLE] or None
+            )
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
 
     @field_validator(
         "warden_master_key",

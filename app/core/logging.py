@@ -1,4 +1,8 @@
-"""structlog configuration: every line JSON (uvicorn's too), with the request context merged."""
+"""structlog configuration: every line JSON (uvicorn's too), with the request context merged.
+
+`LOG_FORMAT` chooses the renderer: `json` (one JSON object a line, what log shippers read),
+`console` (readable, coloured lines for a person) or `auto` (the default: console when stdout is
+a terminal, JSON otherwise)."""
 
 from __future__ import annotations
 
@@ -6,9 +10,11 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, Literal
 
 import structlog
+
+LogFormat = Literal["auto", "json", "console"]
 
 # Log context bound per request besides `request_id` (by `app.web.deps`); the request-context
 # middleware unbinds them when a request starts.
@@ -59,8 +65,28 @@ def _drop_color_message(
     return event_dict
 
 
-def configure_logging(level: str = "info") -> None:
-    """Route structlog and stdlib logging through one JSON renderer on stdout."""
+def _renderer(log_format: LogFormat | None) -> list[Any]:
+    """The formatter's last processors: JSON, or readable lines for a terminal."""
+    if log_format is None:
+        from pydantic import ValidationError
+
+        from app.core.config import get_settings
+
+        try:
+            log_format = get_settings().log_format
+        except ValidationError:  # the command that needs the settings reports them
+            log_format = "auto"
+    if log_format == "auto":
+        log_format = "console" if sys.stdout.isatty() else "json"
+    if log_format == "console":
+        # ConsoleRenderer formats exceptions itself (format_exc_info would flatten them first).
+        return [structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())]
+    return [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+
+
+def configure_logging(level: str = "info", log_format: LogFormat | None = None) -> None:
+    """Route structlog and stdlib logging through one renderer on stdout (`LOG_FORMAT` when
+    `log_format` is not given)."""
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_logger_name,
@@ -86,8 +112,7 @@ def configure_logging(level: str = "info") -> None:
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            *_renderer(log_format),
         ],
     )
     handler = logging.StreamHandler(sys.stdout)
