@@ -70,12 +70,21 @@ class ParsedToken:
 
 
 def _b64decode(part: str) -> bytes:
+    """Strict base64url (RFC 7515 §2): the URL-safe alphabet only, no padding, no whitespace,
+    and the canonical spelling only (RFC 4648 §3.5): the bits a final character carries beyond
+    the data must be zero. A lenient decoder ignores them, which gives every token (and every
+    JWK member) several spellings that decode alike; they are refused by re-encoding."""
     if not _B64URL.match(part):
         raise TokenError("token is not base64url")
+    if len(part) % 4 == 1:
+        raise TokenError("token is not base64url")
     try:
-        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        data = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
     except (binascii.Error, ValueError) as exc:
         raise TokenError("token is not base64url") from exc
+    if base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii") != part:
+        raise TokenError("token is not canonical base64url")
+    return data
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
