@@ -16,7 +16,7 @@ from app.auth.tokens import VerifiedTokenCache, verify_local_token
 from app.core import jose
 from app.core.db import run_post_commit, set_session_tenant
 from app.core.errors import AppError, Forbidden, ServiceUnavailable, Unauthenticated
-from app.issuers.satellite import AmbiguousTenant, IssuerUnavailable
+from app.issuers.satellite import AmbiguousTenant, InvalidClaims, IssuerUnavailable
 from app.runtime import Runtime
 from app.sessions.service import SESSION_COOKIE, authenticate_cookie
 
@@ -101,6 +101,10 @@ async def authenticate_token(
             raise Unauthenticated(
                 "Several tenants trust this token's issuer: name one with X-Tenant.",
                 code="ambiguous_tenant",
+            ) from exc
+        if isinstance(exc, InvalidClaims):
+            raise Unauthenticated(
+                "The token's identity claims hold control characters.", code="invalid_claims"
             ) from exc
         raise Unauthenticated("Invalid or expired token.", code="invalid_token") from exc
     if await runtime.revocations.is_revoked(

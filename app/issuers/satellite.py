@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import unicodedata
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -47,11 +48,39 @@ MAX_PRINCIPAL_ID = 256  # the audit trail's actor id column
 SATELLITE_ROLE_CAP = Role.MEMBER
 _ROLES_HIGH_TO_LOW = (Role.OWNER, Role.ADMIN, Role.MEMBER, Role.VIEWER)
 
-__all__ = ["AmbiguousTenant", "IssuerUnavailable", "SatelliteVerifier"]
+__all__ = ["AmbiguousTenant", "InvalidClaims", "IssuerUnavailable", "SatelliteVerifier"]
 
 
 class AmbiguousTenant(TokenError):
     """Several tenants trust the token's issuer and audience; `X-Tenant` must name one."""
+
+
+class InvalidClaims(TokenError):
+    """A verified token's identity claims cannot be used as they are (control characters)."""
+
+
+# Characters no identity may hold: C0/C1 controls and DEL (Cc; CR, LF and NUL split or end a
+# header line), lone surrogates (Cs; not encodable), and the line/paragraph separators (Zl, Zp).
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+def _clean(value: str) -> bool:
+    return not any(unicodedata.category(ch) in _FORBIDDEN_CATEGORIES for ch in value)
+
+
+def check_identity_claims(claims: Mapping[str, Any], mapping: Mapping[str, str]) -> None:
+    """Refuse control characters in every claim that becomes part of an identity: the mapped
+    subject, email and roles (the subject and email travel on in `X-User-ID`/`X-User-Email`,
+    into the audit trail and the logs) and `jti` (a revocation key). Checked once, here, at
+    verification: a claim refused here can never reach a header, a log line or a policy."""
+    names = [mapping.get(role, role) for role in ("subject", "email", "roles")]
+    values: list[tuple[str, Any]] = [(name, claim_value(claims, name)) for name in names]
+    values.append(("jti", claims.get("jti")))
+    for name, value in values:
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, str) and not _clean(item):
+                raise InvalidClaims(f"claim {name!r} holds control characters")
 
 
 @dataclass(frozen=True)
@@ -144,6 +173,7 @@ def choose_config(
 
 def build_principal(config: IssuerConfig, claims: Mapping[str, Any]) -> Principal:
     """The principal of verified claims: keyed by (`iss`, subject), role capped at member."""
+    check_identity_claims(claims, config.claim_mapping)
     subject = claim_value(claims, config.claim_mapping.get("subject", "sub"))
     if not isinstance(subject, str) or not subject:
         raise TokenError("subject claim missing or not a string")
