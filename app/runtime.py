@@ -26,6 +26,7 @@ from app.core.config import Settings
 from app.core.crypto import KeyRing
 from app.core.db import make_engine
 from app.core.invalidation import InvalidationBus
+from app.core.outbound import GuardedBackend
 from app.core.ratelimit import AsyncLimiter
 from app.issuers.satellite import SatelliteVerifier
 from app.sessions.store import SessionStore
@@ -94,7 +95,10 @@ class Runtime:
             http=httpx.AsyncClient(
                 timeout=httpx.Timeout(settings.upstream_timeout_seconds),
                 follow_redirects=False,
-                transport=UpstreamTransport(max_connections=settings.upstream_max_connections),
+                transport=UpstreamTransport(
+                    max_connections=settings.upstream_max_connections,
+                    network_backend=GuardedBackend(settings.upstream_allowed_hosts),
+                ),
                 trust_env=False,
                 cookies=NoCookies(),
             ),

@@ -34,6 +34,7 @@ from app.auth.principal import Principal, Role
 from app.core import jose
 from app.core.config import Settings
 from app.core.jose import TokenError, VerificationKey
+from app.core.outbound import GuardedTransport
 from app.issuers import repository
 from app.issuers.jwks import InvalidKeySet, IssuerUnavailable, JwksCache, KeySet
 from app.issuers.service import inline_key_set
@@ -334,7 +335,10 @@ class SatelliteVerifier:
         self.http = http or httpx.AsyncClient(
             follow_redirects=False,
             trust_env=False,
-            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+            # Every connection passes the outbound guard on the address it is opened to.
+            transport=GuardedTransport(
+                settings.upstream_allowed_hosts, max_connections=20, max_keepalive_connections=10
+            ),
         )
         self.jwks = JwksCache(
             self.http,
