@@ -4,7 +4,7 @@ from app.apikeys.models import ApiKey
 from app.audit.models import AuditChainHead, AuditEvent
 from app.auth.models import RefreshToken, Revocation, SigningKey
 from app.endpoints.models import Endpoint
-from app.issuers.models import TrustedIssuer
+from app.issuers.models import IssuerAudience, TrustedIssuer
 from app.policies.models import Policy
 from app.secrets.models import UpstreamCredential
 from app.sessions.models import BrowserSession
@@ -17,6 +17,7 @@ __all__ = [
     "AuditEvent",
     "BrowserSession",
     "Endpoint",
+    "IssuerAudience",
     "Policy",
     "RefreshToken",
     "Revocation",

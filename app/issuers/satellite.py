@@ -243,6 +243,7 @@ class IssuerIndex:
             started = self.clock()
             async with self.sessionmaker() as session:
                 rows = await repository.all_with_tenant_slugs(session)
+                owned = await repository.all_owned_audiences(session)
             by_iss: dict[str, list[IssuerConfig]] = {}
             inline: dict[tuple[uuid.UUID, datetime], KeySet | None] = {}
             for row, slug in rows:
@@ -254,13 +255,18 @@ class IssuerIndex:
                     log.error("issuer_keys_invalid", issuer_id=str(row.id), error=str(exc))
                     continue
                 inline[version] = keys
+                # Only the audiences this tenant owns count (an (issuer, audience) pair belongs
+                # to the tenant that registered it first; see `IssuerAudience`).
+                audiences = frozenset(a for a in row.audiences if (row.id, a) in owned)
+                if not audiences:
+                    continue
                 by_iss.setdefault(row.issuer, []).append(
                     IssuerConfig(
                         id=row.id,
                         tenant_id=row.tenant_id,
                         tenant_slug=slug,
                         issuer=row.issuer,
-                        audiences=frozenset(row.audiences),
+                        audiences=audiences,
                         algorithms=frozenset(row.algorithms) & jose.ASYMMETRIC_ALGORITHMS,
                         claim_mapping=dict(row.claim_mapping),
                         jwks_uri=row.jwks_uri,
