@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -137,3 +138,51 @@ def test_header_json_is_untouched_by_the_check():
     header = b64u(json.dumps({"alg": "ES256", "kid": "k1", "typ": "JWT"}).encode())
     parts = token().split(".")
     assert jose.parse(".".join([header, parts[1], parts[2]])).header["kid"] == "k1"
+
+
+WYCHEPROOF = Path("/work/shared/vectors/wycheproof/json_web_signature_test.json")
+
+
+def _decodes(compact: str) -> bool:
+    try:
+        for segment in compact.split("."):
+            jose._b64decode(segment)
+    except TokenError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not WYCHEPROOF.exists(), reason="Wycheproof vectors not on this machine")
+def test_wycheproof_base64_vectors():
+    """The Wycheproof JWS vectors: every valid compact token's segments decode (real encoders
+    are canonical), every token refused for its encoding (spaces, foreign characters, unused
+    bits set: `ModifiedUnusedBitsInPayload`) is refused at decoding. Stricter than Wycheproof
+    on one point: a character inserted outside the alphabet (`InvalidCharacterInserted*`,
+    which it lets a MAC over the literal text accept) is refused too."""
+    document = json.loads(WYCHEPROOF.read_text())
+    tests = [
+        (group["comment"], t)
+        for group in document["testGroups"]
+        for t in group["tests"]
+        if isinstance(t["jws"], str) and t["jws"].count(".") == 2
+    ]
+    valid = {t["jws"] for _, t in tests if t["result"] == "valid"}
+    inserted = [t for _, t in tests if t["comment"].startswith("InvalidCharacterInserted")]
+    assert inserted
+    for t in inserted:
+        assert not _decodes(t["jws"]), t["tcId"]
+        valid.discard(t["jws"])
+    for compact in valid:
+        assert _decodes(compact)
+        for segment in compact.split("."):
+            for variant in variants(segment):
+                with pytest.raises(TokenError):
+                    jose._b64decode(variant)
+    encoding = [
+        t
+        for comment, t in tests
+        if comment == "base64" and t["result"] == "invalid" and t["jws"] not in valid
+    ]
+    assert any(t["comment"] == "ModifiedUnusedBitsInPayload" for t in encoding)
+    for t in encoding:
+        assert not _decodes(t["jws"]), (t["tcId"], t["comment"])
