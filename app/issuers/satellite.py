@@ -65,6 +65,10 @@ class InvalidClaims(TokenError):
 _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 
 
+# (claim mapping key, claim read when the mapping names none), as `build_principal` reads them.
+_IDENTITY_CLAIMS = (("subject", "sub"), ("email", "email"), ("roles", "roles"))
+
+
 def _clean(value: str) -> bool:
     return not any(unicodedata.category(ch) in _FORBIDDEN_CATEGORIES for ch in value)
 
@@ -74,7 +78,7 @@ def check_identity_claims(claims: Mapping[str, Any], mapping: Mapping[str, str])
     subject, email and roles (the subject and email travel on in `X-User-ID`/`X-User-Email`,
     into the audit trail and the logs) and `jti` (a revocation key). Checked once, here, at
     verification: a claim refused here can never reach a header, a log line or a policy."""
-    names = [mapping.get(role, role) for role in ("subject", "email", "roles")]
+    names = [mapping.get(role, default) for role, default in _IDENTITY_CLAIMS]
     values: list[tuple[str, Any]] = [(name, claim_value(claims, name)) for name in names]
     values.append(("jti", claims.get("jti")))
     for name, value in values:

@@ -60,3 +60,12 @@ async def test_printable_unicode_identity_is_kept(client, tenant, realm, upstrea
     ep = await make_endpoint(tenant, upstream_url=f"{upstream}/echo")
     r = await query(client, ep["slug"], realm.token(sub="Zoë ☃ 用户"))
     assert r.status_code == 200, r.text
+
+
+def test_an_empty_mapping_checks_the_default_claim_names():
+    from app.issuers.satellite import InvalidClaims, check_identity_claims
+
+    check_identity_claims({"sub": "u", "email": "a@b.example", "roles": ["member"]}, {})
+    for name in ("sub", "email", "roles", "jti"):
+        with pytest.raises(InvalidClaims):
+            check_identity_claims({name: ["x\n"] if name == "roles" else "x\n"}, {})
