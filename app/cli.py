@@ -300,7 +300,10 @@ async def serve_both(
             port=bind_port,
             log_config=None,
             access_log=False,  # Warden's middleware writes one JSON access line per request
-            proxy_headers=settings.trust_forwarded_for,
+            # Never uvicorn's proxy headers: they rewrite scope["client"] from X-Forwarded-For
+            # (trusting loopback by default) before Warden sees the request. Warden's own
+            # middleware reads X-Forwarded-For, and only when TRUST_FORWARDED_FOR is on.
+            proxy_headers=False,
         )
 
     runtime = Runtime.build(settings)

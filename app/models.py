@@ -4,7 +4,7 @@ from app.apikeys.models import ApiKey
 from app.audit.models import AuditChainHead, AuditEvent
 from app.credentials.models import BrowserSession, RefreshToken, Revocation, SigningKey
 from app.endpoints.models import Endpoint
-from app.issuers.models import TrustedIssuer
+from app.issuers.models import IssuerAudience, TrustedIssuer
 from app.policies.models import Policy
 from app.tenants.models import Tenant
 from app.upstream_secrets.models import UpstreamCredential
@@ -16,6 +16,7 @@ __all__ = [
     "AuditEvent",
     "BrowserSession",
     "Endpoint",
+    "IssuerAudience",
     "Policy",
     "RefreshToken",
     "Revocation",

@@ -44,7 +44,8 @@ WARM_REQUESTS = 5
 SETTLE_SECONDS = 1.0
 READY_TIMEOUT_SECONDS = 30.0
 REQUEST_TIMEOUT_SECONDS = 10.0
-UVICORN_FLAGS = ("--log-level", "warning", "--no-access-log")
+# --no-proxy-headers: only Warden's TRUST_FORWARDED_FOR decides whether X-Forwarded-For counts.
+UVICORN_FLAGS = ("--log-level", "warning", "--no-access-log", "--no-proxy-headers")
 
 
 @dataclass(frozen=True)

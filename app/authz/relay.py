@@ -94,7 +94,8 @@ async def relay(
     upstream_request = client.build_request(
         "POST",
         endpoint.upstream_url,
-        headers=upstream_headers(request, endpoint, principal),
+        # UTF-8 on the wire: an identity with non-ASCII characters (`Zoë`) is not an error.
+        headers=httpx.Headers(upstream_headers(request, endpoint, principal), encoding="utf-8"),
         content=content,
     )
     try:

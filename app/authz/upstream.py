@@ -85,8 +85,16 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 keep-alive pool: at most `max_connections` open, idle ones reused newest first,
     closed after `keepalive_expiry` seconds unused."""
 
-    def __init__(self, *, max_connections: int, keepalive_expiry: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        keepalive_expiry: float = 5.0,
+        network_backend: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
         self.max_connections = max_connections
+        # The outbound guard's backend judges the address each connection is opened to.
+        self.network_backend = network_backend
         self.keepalive_expiry = keepalive_expiry
         self.open = 0  # connections counted against the limit: busy, idle or connecting
         self._idle: dict[_Key, list[httpcore.AsyncHTTPConnection]] = {}
@@ -150,7 +158,9 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             if self.open < self.max_connections:
                 self.open += 1
                 return httpcore.AsyncHTTPConnection(
-                    origin=origin, keepalive_expiry=self.keepalive_expiry
+                    origin=origin,
+                    keepalive_expiry=self.keepalive_expiry,
+                    network_backend=self.network_backend,
                 )
             await self._wait(loop, deadline)
 

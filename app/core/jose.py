@@ -70,12 +70,21 @@ class ParsedToken:
 
 
 def _b64decode(part: str) -> bytes:
+    """Strict base64url (RFC 7515 §2): the URL-safe alphabet only, no padding, no whitespace,
+    and the canonical spelling only (RFC 4648 §3.5): the bits a final character carries beyond
+    the data must be zero. A lenient decoder ignores them, which gives every token (and every
+    JWK member) several spellings that decode alike; they are refused by re-encoding."""
     if not _B64URL.match(part):
         raise TokenError("token is not base64url")
+    if len(part) % 4 == 1:
+        raise TokenError("token is not base64url")
     try:
-        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        data = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
     except (binascii.Error, ValueError) as exc:
         raise TokenError("token is not base64url") from exc
+    if base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii") != part:
+        raise TokenError("token is not canonical base64url")
+    return data
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -164,6 +173,37 @@ def _numeric(claims: Mapping[str, Any], name: str, required: bool) -> float | No
     if not math.isfinite(number):
         raise TokenError(f"{name} is not finite")
     return number
+
+
+def _primes(limit: int) -> list[int]:
+    return [n for n in range(2, limit + 1) if all(n % d for d in range(2, math.isqrt(n) + 1))]
+
+
+# ROCA (CVE-2017-15361, Nemec et al., CCS 2017): an affected library (Infineon RSALib) made each
+# prime p = k*M + (65537^a mod M), M the product of the first n primes (39 primes, up to 167, for
+# the smallest keys; more for larger ones). So the modulus is N = 65537^c (mod M): for every
+# prime r dividing M, N mod r lies in the subgroup that 65537 generates modulo r. The published
+# fingerprint tests exactly that for the primes up to 167, which divide M for every key size;
+# a modulus that passes all of them is (up to a negligible chance) such a key, and it can be
+# factored (Coppersmith's method). Each mask has bit x set for every x in <65537> mod r.
+_ROCA_PRIMES = tuple(p for p in _primes(167) if p > 2)
+_ROCA_MASKS = tuple(
+    (r, sum(1 << x for x in {pow(65537, i, r) for i in range(r - 1)})) for r in _ROCA_PRIMES
+)
+
+
+def has_roca_fingerprint(modulus: int) -> bool:
+    """True when an RSA modulus carries the ROCA fingerprint (a factorable Infineon key)."""
+    return all((mask >> (modulus % r)) & 1 for r, mask in _ROCA_MASKS)
+
+
+def check_rsa_public_key(public_key: Any) -> None:
+    """Refuse an RSA public key with the ROCA fingerprint. Checked when keys are registered or
+    fetched (inline JWKS, PEM, an IdP's JWKS), not per token."""
+    if isinstance(public_key, rsa.RSAPublicKey) and has_roca_fingerprint(
+        public_key.public_numbers().n
+    ):
+        raise TokenError("RSA key has the ROCA fingerprint (CVE-2017-15361)")
 
 
 def check_key_matches_alg(key: VerificationKey) -> None:
@@ -301,6 +341,7 @@ def key_from_jwk(jwk: Mapping[str, Any], alg: str | None = None) -> Verification
             public: Any = rsa.RSAPublicNumbers(_jwk_int(jwk, "e"), _jwk_int(jwk, "n")).public_key()
         except ValueError as exc:
             raise TokenError("RSA JWK numbers are invalid") from exc
+        check_rsa_public_key(public)
         key_alg = key_alg or "RS256"
     elif kty == "EC":
         crv = jwk.get("crv")
@@ -346,6 +387,7 @@ def key_from_pem(pem: str) -> Any:
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # UnicodeError is a ValueError
         raise TokenError("PEM is not a public key") from exc
     if isinstance(public, rsa.RSAPublicKey):
+        check_rsa_public_key(public)
         return public
     if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name in _ALG_BY_CURVE:
         return public

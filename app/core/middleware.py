@@ -43,6 +43,36 @@ def _client_ip(scope: Scope, forwarded_for: str | None) -> str | None:
     return client[0] if client else None
 
 
+def _forwarded_hosts(values: list[str]) -> set[str]:
+    """Every host an X-Forwarded-For list names, parsed as a server's proxy-header support
+    parses it (`1.2.3.4`, `1.2.3.4:80`, `[::1]`, `[::1]:80`, `::1`)."""
+    hosts: set[str] = set()
+    for entry in ",".join(values).split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        hosts.add(entry)
+        if entry.startswith("["):
+            hosts.add(entry[1:].split("]", 1)[0])
+        elif entry.count(":") == 1:
+            hosts.add(entry.split(":", 1)[0])
+    return hosts
+
+
+def peer_is_rewritten(scope: Scope, forwarded_for: list[str]) -> bool:
+    """True when `scope["client"]` may not be the TCP peer but a value taken from the request's
+    own X-Forwarded-For, as a server's proxy-header support does before Warden runs.
+
+    A bare `uvicorn app.main:app` enables `proxy_headers` and trusts `FORWARDED_ALLOW_IPS`
+    (127.0.0.1 and ::1 by default): for those peers its middleware replaces `scope["client"]`
+    with an X-Forwarded-For entry, in place, and keeps nothing of the real peer. Warden cannot
+    switch that off from inside the app, nor see the original peer, but it can see the mark
+    the rewrite always leaves: the client address is one of the X-Forwarded-For entries. A
+    genuine peer almost never names itself there; if it does, it only loses its own address."""
+    client = scope.get("client")
+    return bool(forwarded_for and client and str(client[0]) in _forwarded_hosts(forwarded_for))
+
+
 # Added to every response unless the route set them (cache-control included: no-store).
 _HEADERS = (
     (b"x-content-type-options", b"nosniff"),
@@ -73,7 +103,8 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = user_agent = declared = forwarded = None
+        incoming = user_agent = declared = None
+        forwarded: list[str] = []
         for name, value in scope["headers"]:  # one pass; the first of repeated headers counts
             if name == b"x-request-id":
                 incoming = incoming or value.decode("latin-1")
@@ -82,9 +113,23 @@ class RequestContextMiddleware:
             elif name == b"content-length":
                 declared = declared or value.decode("latin-1")
             elif name == b"x-forwarded-for":
-                forwarded = forwarded or value.decode("latin-1")
+                forwarded.append(value.decode("latin-1"))
         request_id = incoming if incoming and _SAFE_ID.match(incoming) else new_request_id()
-        ip = _client_ip(scope, forwarded if self.trust_forwarded_for else None)
+        if self.trust_forwarded_for:
+            ip = _client_ip(scope, forwarded[0] if forwarded else None)
+        elif peer_is_rewritten(scope, forwarded):
+            # Only TRUST_FORWARDED_FOR decides whether forwarded headers count, whatever serves
+            # Warden. `warden serve` runs uvicorn without proxy headers; under a bare `uvicorn
+            # app.main:app` (proxy headers on by default) a rewritten peer is recognised here
+            # and the request gets no address at all: the real peer is lost, and the
+            # header's value is the caller's choice. Every such request then shares one
+            # per-IP bucket ("unknown") instead of picking a fresh one per request, and a
+            # policy on the client address fails closed. Run uvicorn with
+            # `--no-proxy-headers` (or set TRUST_FORWARDED_FOR behind a proxy) to keep it.
+            ip = None
+            scope["client"] = None
+        else:
+            ip = _client_ip(scope, None)
         scope.setdefault("state", {})["request_id"] = request_id
         set_request_context(RequestContext(request_id=request_id, ip=ip, user_agent=user_agent))
         # Not clear_contextvars(), which walks the whole context: a server gives each request a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import datetime
 from typing import Any
@@ -33,3 +34,24 @@ class TrustedIssuer(SQLModel, table=True):
     )
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+def audience_key(issuer: str, audience: str) -> str:
+    """The unique key of an (issuer, audience) pair (a digest: both may be 512 characters)."""
+    return hashlib.sha256(f"{issuer}\x00{audience}".encode()).hexdigest()
+
+
+class IssuerAudience(SQLModel, table=True):
+    """One (issuer, audience) pair and the one tenant trusting it: the tenant that registered
+    it first. The unique key makes a second claim fail in the database itself, so two tenants
+    registering the same pair at once cannot both win; another audience of the same issuer is
+    free for another tenant."""
+
+    __tablename__ = "issuer_audiences"
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    tenant_id: uuid.UUID = Field(foreign_key="tenants.id", ondelete="CASCADE", index=True)
+    issuer_id: uuid.UUID = Field(foreign_key="trusted_issuers.id", ondelete="CASCADE", index=True)
+    key: str = Field(max_length=64, unique=True)
+    issuer: str = Field(max_length=512)
+    audience: str = Field(max_length=512)

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.db import SKIP_TENANT_FILTER
 from app.core.errors import NotFound
 from app.core.pagination import PageParams, paginate
-from app.issuers.models import TrustedIssuer
+from app.issuers.models import IssuerAudience, TrustedIssuer
 from app.tenants.models import Tenant
 
 
@@ -56,3 +56,24 @@ async def all_with_tenant_slugs(session: AsyncSession) -> list[tuple[TrustedIssu
         .execution_options(**{SKIP_TENANT_FILTER: True})
     )
     return [(row[0], row[1]) for row in (await session.execute(stmt)).all()]
+
+
+async def audience_owners(session: AsyncSession, keys: list[str]) -> dict[str, uuid.UUID]:
+    """Pair key → the tenant owning that (issuer, audience) pair, across every tenant.
+
+    Cross-tenant on purpose: a pair belongs to one tenant, so whether another tenant already
+    holds it can only be seen by looking across all of them."""
+    stmt = (
+        select(IssuerAudience.key, IssuerAudience.tenant_id)  # type: ignore[call-overload]
+        .where(IssuerAudience.key.in_(keys))  # type: ignore[attr-defined]
+        .execution_options(**{SKIP_TENANT_FILTER: True})
+    )
+    return {row[0]: row[1] for row in (await session.execute(stmt)).all()}
+
+
+async def all_owned_audiences(session: AsyncSession) -> set[tuple[uuid.UUID, str]]:
+    """Every (issuer row id, audience) its tenant owns, for the satellite-token index."""
+    stmt = select(IssuerAudience.issuer_id, IssuerAudience.audience).execution_options(  # type: ignore[call-overload]
+        **{SKIP_TENANT_FILTER: True}
+    )
+    return {(row[0], row[1]) for row in (await session.execute(stmt)).all()}

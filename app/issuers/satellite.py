@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import unicodedata
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -34,6 +35,7 @@ from app.core.config import Settings
 from app.core.emails import normalize_email
 from app.core.identity import Principal, Role
 from app.core.jose import TokenError, VerificationKey
+from app.core.outbound import GuardedTransport
 from app.issuers import repository
 from app.issuers.jwks import InvalidKeySet, IssuerUnavailable, JwksCache, KeySet
 from app.issuers.service import inline_key_set
@@ -47,11 +49,43 @@ MAX_PRINCIPAL_ID = 256  # the audit trail's actor id column
 SATELLITE_ROLE_CAP = Role.MEMBER
 _ROLES_HIGH_TO_LOW = (Role.OWNER, Role.ADMIN, Role.MEMBER, Role.VIEWER)
 
-__all__ = ["AmbiguousTenant", "IssuerUnavailable", "SatelliteVerifier"]
+__all__ = ["AmbiguousTenant", "InvalidClaims", "IssuerUnavailable", "SatelliteVerifier"]
 
 
 class AmbiguousTenant(TokenError):
     """Several tenants trust the token's issuer and audience; `X-Tenant` must name one."""
+
+
+class InvalidClaims(TokenError):
+    """A verified token's identity claims cannot be used as they are (control characters)."""
+
+
+# Characters no identity may hold: C0/C1 controls and DEL (Cc; CR, LF and NUL split or end a
+# header line), lone surrogates (Cs; not encodable), and the line/paragraph separators (Zl, Zp).
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+# (claim mapping key, claim read when the mapping names none), as `build_principal` reads them.
+_IDENTITY_CLAIMS = (("subject", "sub"), ("email", "email"), ("roles", "roles"))
+
+
+def _clean(value: str) -> bool:
+    return not any(unicodedata.category(ch) in _FORBIDDEN_CATEGORIES for ch in value)
+
+
+def check_identity_claims(claims: Mapping[str, Any], mapping: Mapping[str, str]) -> None:
+    """Refuse control characters in every claim that becomes part of an identity: the mapped
+    subject, email and roles (the subject and email travel on in `X-User-ID`/`X-User-Email`,
+    into the audit trail and the logs) and `jti` (a revocation key). Checked once, here, at
+    verification: a claim refused here can never reach a header, a log line or a policy."""
+    names = [mapping.get(role, default) for role, default in _IDENTITY_CLAIMS]
+    values: list[tuple[str, Any]] = [(name, claim_value(claims, name)) for name in names]
+    values.append(("jti", claims.get("jti")))
+    for name, value in values:
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, str) and not _clean(item):
+                raise InvalidClaims(f"claim {name!r} holds control characters")
 
 
 @dataclass(frozen=True)
@@ -144,6 +178,7 @@ def choose_config(
 
 def build_principal(config: IssuerConfig, claims: Mapping[str, Any]) -> Principal:
     """The principal of verified claims: keyed by (`iss`, subject), role capped at member."""
+    check_identity_claims(claims, config.claim_mapping)
     subject = claim_value(claims, config.claim_mapping.get("subject", "sub"))
     if not isinstance(subject, str) or not subject:
         raise TokenError("subject claim missing or not a string")
@@ -212,6 +247,7 @@ class IssuerIndex:
             started = self.clock()
             async with self.sessionmaker() as session:
                 rows = await repository.all_with_tenant_slugs(session)
+                owned = await repository.all_owned_audiences(session)
             by_iss: dict[str, list[IssuerConfig]] = {}
             inline: dict[tuple[uuid.UUID, datetime], KeySet | None] = {}
             for row, slug in rows:
@@ -223,13 +259,18 @@ class IssuerIndex:
                     log.error("issuer_keys_invalid", issuer_id=str(row.id), error=str(exc))
                     continue
                 inline[version] = keys
+                # Only the audiences this tenant owns count (an (issuer, audience) pair belongs
+                # to the tenant that registered it first; see `IssuerAudience`).
+                audiences = frozenset(a for a in row.audiences if (row.id, a) in owned)
+                if not audiences:
+                    continue
                 by_iss.setdefault(row.issuer, []).append(
                     IssuerConfig(
                         id=row.id,
                         tenant_id=row.tenant_id,
                         tenant_slug=slug,
                         issuer=row.issuer,
-                        audiences=frozenset(row.audiences),
+                        audiences=audiences,
                         algorithms=frozenset(row.algorithms) & jose.ASYMMETRIC_ALGORITHMS,
                         claim_mapping=dict(row.claim_mapping),
                         jwks_uri=row.jwks_uri,
@@ -304,7 +345,10 @@ class SatelliteVerifier:
         self.http = http or httpx.AsyncClient(
             follow_redirects=False,
             trust_env=False,
-            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+            # Every connection passes the outbound guard on the address it is opened to.
+            transport=GuardedTransport(
+                settings.upstream_allowed_hosts, max_connections=20, max_keepalive_connections=10
+            ),
         )
         self.jwks = JwksCache(
             self.http,

@@ -18,7 +18,7 @@ from app.core.outbound import OutboundRefused, check_outbound_url
 from app.core.pagination import PageParams
 from app.issuers import repository
 from app.issuers.jwks import InvalidKeySet, KeySet, keys_from_pems, parse_jwks
-from app.issuers.models import TrustedIssuer
+from app.issuers.models import IssuerAudience, TrustedIssuer, audience_key
 from app.issuers.schemas import IssuerCreate, IssuerPublic
 
 ISSUER_TOPIC = "issuer"
@@ -82,6 +82,14 @@ async def _checked_source(rules: IssuerRules, data: IssuerCreate) -> None:
         raise Unprocessable(str(exc), code="invalid_key") from exc
 
 
+def _issuer_taken() -> Conflict:
+    return Conflict(
+        "Another tenant already trusts this issuer for one of these audiences; an (issuer,"
+        " audience) pair belongs to one tenant.",
+        code="issuer_taken",
+    )
+
+
 async def list_issuers(
     session: AsyncSession, params: PageParams
 ) -> tuple[list[TrustedIssuer], str | None]:
@@ -102,6 +110,10 @@ async def create_issuer(
         raise Conflict("This issuer is already trusted.", code="issuer_exists")
     if await repository.count(session) >= MAX_ISSUERS_PER_TENANT:
         raise Conflict("Too many trusted issuers.", code="too_many")
+    keys = {audience_key(data.issuer, audience): audience for audience in data.audiences}
+    owners = await repository.audience_owners(session, list(keys))
+    if any(owner != principal.tenant_id for owner in owners.values()):
+        raise _issuer_taken()
     row = TrustedIssuer(
         tenant_id=principal.tenant_id,
         issuer=data.issuer,
@@ -115,7 +127,23 @@ async def create_issuer(
     session.add(row)
     try:
         await session.flush()
-    except IntegrityError as exc:  # a concurrent create of the same issuer
+        # The unique pair key settles a race the check above cannot see: of two tenants
+        # registering one (issuer, audience) at once, the second flush fails.
+        session.add_all(
+            IssuerAudience(
+                tenant_id=principal.tenant_id,
+                issuer_id=row.id,
+                key=key,
+                issuer=row.issuer,
+                audience=audience,
+            )
+            for key, audience in keys.items()
+        )
+        await session.flush()
+    except IntegrityError as exc:
+        if "issuer_audiences" in str(exc.orig):
+            raise _issuer_taken() from exc
+        # a concurrent create of the same issuer in this tenant
         raise Conflict("This issuer is already trusted.", code="issuer_exists") from exc
     source = "jwks_uri" if data.jwks_uri else ("jwks" if data.jwks else "public_keys_pem")
     await record(

@@ -33,7 +33,12 @@ from app.core.errors import AppError, ServiceUnavailable, Unauthenticated
 from app.core.identity import ANONYMOUS, Actor, Principal, Role
 from app.credentials.revocation import RevocationStore
 from app.credentials.tokens import VerifiedTokenCache
-from app.issuers.satellite import AmbiguousTenant, IssuerUnavailable, SatelliteVerifier
+from app.issuers.satellite import (
+    AmbiguousTenant,
+    InvalidClaims,
+    IssuerUnavailable,
+    SatelliteVerifier,
+)
 
 MAX_API_KEY_LENGTH = 128
 
@@ -176,6 +181,10 @@ class Authenticator:
                 raise Unauthenticated(
                     "Several tenants trust this token's issuer: name one with X-Tenant.",
                     code="ambiguous_tenant",
+                ) from exc
+            if isinstance(exc, InvalidClaims):
+                raise Unauthenticated(
+                    "The token's identity claims hold control characters.", code="invalid_claims"
                 ) from exc
             raise Unauthenticated("Invalid or expired token.", code="invalid_token") from exc
         if await self.revocations.is_revoked(

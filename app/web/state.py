@@ -31,6 +31,7 @@ from app.core.crypto import KeyRing
 from app.core.db import make_engine
 from app.core.identity import Principal
 from app.core.invalidation import InvalidationBus
+from app.core.outbound import GuardedBackend
 from app.core.ratelimit import AsyncLimiter
 from app.credentials.browser import SessionStore
 from app.credentials.revocation import RevocationStore
@@ -121,7 +122,10 @@ class Runtime:
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.upstream_timeout_seconds),
             follow_redirects=False,
-            transport=UpstreamTransport(max_connections=settings.upstream_max_connections),
+            transport=UpstreamTransport(
+                max_connections=settings.upstream_max_connections,
+                network_backend=GuardedBackend(settings.upstream_allowed_hosts),
+            ),
             trust_env=False,
             cookies=NoCookies(),
         )

@@ -172,14 +172,16 @@ class TestSatelliteTokens:
         signing_key = ec.generate_private_key(ec.SECP256R1())
         jwk = jose.public_jwk(signing_key.public_key(), kid="k1", alg="ES256")
         issuer = f"https://idp-{secrets.token_hex(4)}.example"
-        for handle in (tenant, other_tenant):  # two tenants trust one issuer and audience
+        # Two tenants trust one issuer, each for its own audience (a pair has one tenant); the
+        # token names both audiences.
+        for handle, audience in ((tenant, "shop-a"), (other_tenant, "shop-b")):
             r = await client.post(
                 "/api/v1/issuers",
                 headers=handle.owner.headers,
                 json={
                     "issuer": issuer,
                     "jwks": {"keys": [jwk]},
-                    "audiences": ["shop"],
+                    "audiences": [audience],
                     "algorithms": ["ES256"],
                 },
             )
@@ -188,7 +190,7 @@ class TestSatelliteTokens:
         claims = {
             "iss": issuer,
             "sub": "sam",
-            "aud": "shop",
+            "aud": ["shop-a", "shop-b"],
             "email": "sam@idp.example",
             "roles": ["member"],
             "iat": now,

@@ -251,9 +251,9 @@ class TestSerialisation:
 
 
 async def test_the_ambiguity_error_names_no_tenant(client, tenant, other_tenant, realm):
-    await trust(tenant, realm)
-    await trust(other_tenant, realm)
-    r = await client.get(ME, headers=bearer(realm.token()))
+    await trust(tenant, realm, audiences=["api://a"])
+    await trust(other_tenant, realm, audiences=["api://b"])
+    r = await client.get(ME, headers=bearer(realm.token(aud=["api://a", "api://b"])))
     assert r.status_code == 401
     assert tenant.slug not in r.text
     assert other_tenant.slug not in r.text

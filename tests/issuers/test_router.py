@@ -77,8 +77,9 @@ class TestCrossTenant:
         assert r.status_code == 200
 
     async def test_two_tenants_may_trust_one_issuer(self, client, tenant, other_tenant, realm):
-        await trust(tenant, realm)
-        await trust(other_tenant, realm)
+        # ...for distinct audiences (tests/issuers/test_squatting.py: one pair, one tenant).
+        await trust(tenant, realm, audiences=["api://a"])
+        await trust(other_tenant, realm, audiences=["api://b"])
 
     async def test_unknown_id_and_malformed_id(self, client, tenant):
         r = await client.get(f"{URL}/{uuid.uuid4()}", headers=tenant.owner.headers)

@@ -50,9 +50,11 @@ class TestTenantResolution:
     async def test_several_trusting_tenants_need_x_tenant(
         self, client, tenant, other_tenant, realm
     ):
-        await trust(tenant, realm)
-        await trust(other_tenant, realm)
-        token = realm.token()
+        # One (issuer, audience) pair has one tenant; a token naming two tenants' audiences
+        # is still ambiguous.
+        await trust(tenant, realm, audiences=["api://a"])
+        await trust(other_tenant, realm, audiences=["api://b"])
+        token = realm.token(aud=["api://a", "api://b"])
         r = await me(client, token)
         assert r.status_code == 401
         assert r.json()["error"]["code"] == "ambiguous_tenant"
