@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     session_cookie_secure: bool = True
     global_rate_limit: str = "600/minute"
     login_rate_limit: str = "10/minute"
+    # Lookups of API keys that turn out not to exist, per client address and minute; past it, an
+    # address's further unknown keys are refused without a database lookup (cached keys, and
+    # every other address, are unaffected).
+    api_key_miss_budget: int = Field(default=30, ge=1, le=100_000)
     audit_retention_days: int = Field(default=90, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # `auto`: readable lines when stdout is a terminal, JSON otherwise (see app.core.logging).

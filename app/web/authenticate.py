@@ -29,6 +29,7 @@ from app.audit.service import AuditWriter
 from app.browser_sessions.service import SESSION_COOKIE
 from app.core import jose
 from app.core.config import Settings
+from app.core.context import current_request
 from app.core.errors import AppError, ServiceUnavailable, Unauthenticated
 from app.core.identity import ANONYMOUS, Actor, Principal, Role
 from app.credentials.revocation import RevocationStore
@@ -201,7 +202,7 @@ class Authenticator:
         """An API key → its principal (cached per process; revocation reaches every process)."""
         if not key.startswith(KEY_PREFIX) or len(key) > MAX_API_KEY_LENGTH:
             raise Unauthenticated("Invalid API key.", code="invalid_api_key")
-        resolved = await self.apikeys.get(hash_key(key), key)
+        resolved = await self.apikeys.get(hash_key(key), key, current_request().ip)
         problem = None
         if resolved is None:
             problem = "unknown"

@@ -142,7 +142,7 @@ class Runtime:
             bus=InvalidationBus(redis),
             http=http,
             endpoints=EndpointCache(sessionmaker, master),
-            apikeys=ApiKeyCache(sessionmaker),
+            apikeys=ApiKeyCache(sessionmaker, settings.api_key_miss_budget),
             bindings=BindingIndex(sessionmaker),
             satellites=SatelliteVerifier(sessionmaker, settings),
             sessions=SessionStore(sessionmaker, redis, settings),

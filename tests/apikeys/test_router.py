@@ -139,3 +139,33 @@ class TestUsingAKey:
             assert len(lookups) == 1  # an unknown key is remembered, not looked up per request
         finally:
             event.remove(engine, "before_cursor_execute", count)
+
+    async def test_a_flood_of_distinct_junk_keys_is_bounded_per_address(
+        self, client, app, tenant, runtime
+    ):
+        import httpx
+
+        from tests.conftest import random_ip
+
+        ep = await make_endpoint(tenant)
+        valid = (await create(tenant, ["endpoints:query"])).json()["key"]
+        statements: list[str] = []
+
+        def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if "api_keys" in statement:
+                statements.append(statement)
+
+        engine = runtime.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", count)
+        budget = runtime.apikeys.misses.per_minute
+        try:
+            transport = httpx.ASGITransport(app=app, client=(random_ip(), 4321))
+            async with httpx.AsyncClient(transport=transport, base_url="http://warden.test") as c:
+                for _ in range(budget + 20):
+                    junk = "wk_" + secrets.token_urlsafe(32)
+                    assert (await query_with(c, ep["slug"], junk)).status_code == 401
+            assert len(statements) == budget
+            # Another address is unaffected: its valid key is looked up and admitted.
+            assert (await query_with(client, ep["slug"], valid)).status_code == 200
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
