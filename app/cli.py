@@ -100,8 +100,9 @@ def tenant_create(
 ) -> None:
     """Create a tenant and its owner; prints the owner's credentials once."""
     from app.audit.service import SYSTEM
+    from app.auth.service import create_tenant_with_owner
     from app.core.errors import AppError
-    from app.tenants.service import create_tenant_with_owner, get_by_slug
+    from app.tenants.service import get_by_slug
 
     chosen = password or secrets.token_urlsafe(18)
 

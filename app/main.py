@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from slowapi.errors import RateLimitExceeded
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -13,7 +12,7 @@ from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
-from app.core.ratelimit import GlobalRateLimitMiddleware, limiter, rate_limit_exceeded_handler
+from app.core.ratelimit import GlobalRateLimitMiddleware
 from app.lifespan import runtime_lifespan
 from app.web.hotpath import DecisionRoutes, HotPath
 from app.web.routes.apikeys import router as apikeys_router
@@ -118,9 +117,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         ),
         lifespan=runtime_lifespan(settings, runtime),
     )
-    app.state.limiter = limiter
     install_error_handlers(app)
-    app.add_exception_handler(RateLimitExceeded, rate_limit_exceeded_handler)
     app.include_router(health_router)
     app.include_router(well_known)
     for router in API_ROUTERS:

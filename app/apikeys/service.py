@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from app.apikeys.schemas import ApiKeyCreate
 from app.audit.service import record
 from app.core.db import SKIP_TENANT_FILTER
 from app.core.errors import Conflict, NotFound, Unprocessable
+from app.core.hashing import sha256_hex
 from app.core.identity import Principal
 from app.core.invalidation import InvalidationBus
 from app.core.pagination import PageParams, paginate
@@ -28,7 +28,7 @@ APIKEY_TOPIC = "apikey"
 
 def hash_key(key: str) -> str:
     """API keys are long random strings: SHA-256 is the right hash (no stretching needed)."""
-    return hashlib.sha256(key.encode()).hexdigest()
+    return sha256_hex(key)
 
 
 @dataclass(frozen=True)
@@ -144,3 +144,23 @@ async def mark_used(sessionmaker: async_sessionmaker[AsyncSession], ids: set[uui
             .values(last_used_at=utcnow())
             .execution_options(**{SKIP_TENANT_FILTER: True})
         )
+
+
+async def created_by(session: AsyncSession, user_id: uuid.UUID) -> list[ApiKey]:
+    """The API keys a user created, oldest first (the user's own data export)."""
+    stmt = (
+        select(ApiKey)
+        .where(ApiKey.created_by == str(user_id))  # type: ignore[arg-type]
+        .order_by(ApiKey.created_at, ApiKey.id)  # type: ignore[arg-type]
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def credit_to(session: AsyncSession, user_id: uuid.UUID, alias: str) -> None:
+    """Erasure: the keys a user created stay the tenant's, credited to the pseudonym."""
+    await session.execute(
+        update(ApiKey)
+        .where(ApiKey.created_by == str(user_id))  # type: ignore[arg-type]
+        .values(created_by=alias)
+        .execution_options(synchronize_session=False)
+    )

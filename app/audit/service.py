@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
@@ -659,6 +659,13 @@ async def prune_chains(
         except ChainBroken as exc:
             done.append(PruneResult(name, 0, str(exc)))
     return done
+
+
+async def forget_chain(session: AsyncSession, tenant_id: uuid.UUID) -> None:
+    """Drop a deleted tenant's chain head (its events went with the tenant's rows)."""
+    await session.execute(
+        delete(AuditChainHead).where(AuditChainHead.chain == chain_key(tenant_id))  # type: ignore[arg-type]
+    )
 
 
 async def list_events(

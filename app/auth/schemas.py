@@ -31,14 +31,6 @@ class RegisterResponse(BaseModel):
     user: UserPublic
 
 
-class LoginRequest(StrictModel):
-    """Email + password within one tenant."""
-
-    email: EmailText
-    password: Password
-    tenant: Slug
-
-
 class TokenResponse(BaseModel):
     """A fresh access token and its refresh token."""
 

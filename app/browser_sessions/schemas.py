@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, StringConstraints
 
-from app.auth.schemas import LoginRequest
 from app.core.schemas import PublicModel, StrictModel
+from app.users.schemas import LoginRequest
 
 CookieValue = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 

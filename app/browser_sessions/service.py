@@ -11,30 +11,30 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.audit.service import record
-from app.auth.service import verify_login
+from app.audit.service import AuditWriter, record
 from app.browser_sessions.schemas import ExchangeResponse, SessionCreate, SessionPublic
 from app.core.config import Settings
 from app.core.context import current_request
 from app.core.db import set_session_tenant
+from app.core.emails import normalize_email
 from app.core.errors import Forbidden, NotFound, Unauthenticated
 from app.core.identity import ANONYMOUS, Actor, Principal, Role
 from app.core.pagination import PageParams, paginate
+from app.core.ratelimit import AsyncLimiter
 from app.core.types import utcnow
 from app.credentials import browser_repository as repository
-from app.credentials.browser import SessionRecord, hash_secret, session_timeouts
+from app.credentials.browser import SessionRecord, SessionStore, hash_secret
 from app.credentials.models import BrowserSession
-from app.credentials.tokens import access_ttl_for, issue_user_access_token
+from app.credentials.revocation import RevocationStore
+from app.credentials.tokens import LocalTokens
+from app.tenants import service as tenants
 from app.tenants.service import get_tenant
+from app.users import service as users
 from app.users.models import User
-
-if TYPE_CHECKING:
-    from app.web.state import Runtime
 
 SESSION_COOKIE = "session_id"
 CSRF_COOKIE = "csrf_token"
@@ -44,6 +44,19 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_SECRET_LENGTH = 256
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _FINGERPRINT = re.compile(r"\A[0-9a-f]{64}\Z")
+
+
+@dataclass(frozen=True)
+class BrowserSessions:
+    """What browser sessions use: the session store, revocations, Warden's tokens (for the
+    exchange), the limiter and audit writer (for sign-in), and the settings."""
+
+    store: SessionStore
+    revocations: RevocationStore
+    tokens: LocalTokens
+    limiter: AsyncLimiter
+    audit: AuditWriter
+    settings: Settings
 
 
 @dataclass(frozen=True)
@@ -98,7 +111,7 @@ def request_origin(headers: Mapping[str, str]) -> str | None:
 
 
 async def create_session(
-    session: AsyncSession, runtime: Runtime, data: SessionCreate, origin_header: str | None
+    session: AsyncSession, ctx: BrowserSessions, data: SessionCreate, origin_header: str | None
 ) -> NewSession:
     """Log a browser in: the password check of `/auth/login`, then a new session row.
 
@@ -106,28 +119,30 @@ async def create_session(
     Origin. The cookie value is always new: a value the client already holds is never adopted."""
     if origin_header is not None:
         origin = request_origin({"origin": origin_header})
-        if origin is None or origin not in allowed_origins(runtime.settings):
-            runtime.audit.submit(
+        if origin is None or origin not in allowed_origins(ctx.settings):
+            ctx.audit.submit(
                 tenant_id=None,
                 action="auth.csrf_failed",
-                actor=Actor("anonymous", None, data.email.strip().lower()),
+                actor=Actor("anonymous", None, _email_for_audit(data.email)),
                 outcome="failure",
                 details={"reason": "origin", "route": "session.create"},
             )
             raise Forbidden("Login from this origin is not allowed.", code="csrf_failed")
-    tenant, user, rehashed = await verify_login(session, runtime, data)
-    _idle, absolute = session_timeouts(runtime.settings, tenant)
+    tenant, user, rehashed = await users.verify_login(
+        session, ctx.limiter, ctx.audit, ctx.settings, data
+    )
+    _idle, absolute = tenants.session_timeouts(ctx.settings, tenant)
     cookie = secrets.token_urlsafe(32)
     csrf_token = secrets.token_urlsafe(32)
-    ctx = current_request()
+    request = current_request()
     row = BrowserSession(
         tenant_id=tenant.id,
         user_id=user.id,
         token_hash=hash_secret(cookie),
         csrf_hash=hash_secret(csrf_token),
         expires_at=utcnow() + timedelta(seconds=absolute),
-        user_agent=ctx.user_agent[:512] if ctx.user_agent else None,
-        ip=ctx.ip[:64] if ctx.ip else None,
+        user_agent=request.user_agent[:512] if request.user_agent else None,
+        ip=request.ip[:64] if request.ip else None,
     )
     session.add(row)
     await session.flush()
@@ -141,6 +156,13 @@ async def create_session(
         details={"rehashed": rehashed},
     )
     return NewSession(row=row, cookie=cookie, csrf_token=csrf_token, max_age=absolute)
+
+
+def _email_for_audit(raw: str) -> str:
+    try:
+        return normalize_email(raw)
+    except ValueError:
+        return raw.strip().lower()[:254]
 
 
 # --- cookie authentication ------------------------------------------------------------------
@@ -169,17 +191,17 @@ def _principal(record: SessionRecord) -> Principal:
 
 
 async def _live_record(
-    runtime: Runtime, cookie: str, now: float
+    ctx: BrowserSessions, cookie: str, now: float
 ) -> tuple[str, SessionRecord | None, str | None]:
     """(token hash, record, problem): problem is None only for a usable session."""
     if not cookie or len(cookie) > MAX_SECRET_LENGTH:
         return "", None, "malformed"
     token_hash = hash_secret(cookie)
-    found = await runtime.sessions.lookup(token_hash)
+    found = await ctx.store.lookup(token_hash)
     if found is None:
         return token_hash, None, "unknown"
     problem = found.problem(now)
-    if problem is None and await runtime.revocations.is_revoked(
+    if problem is None and await ctx.revocations.is_revoked(
         jti=None, user_id=str(found.user_id), tenant_id=str(found.tenant_id), version=found.version
     ):
         problem = "revoked"
@@ -193,7 +215,7 @@ def _session_refused(problem: str) -> Unauthenticated:
 
 
 def check_csrf(
-    runtime: Runtime, found: SessionRecord, method: str, headers: Mapping[str, str]
+    ctx: BrowserSessions, found: SessionRecord, method: str, headers: Mapping[str, str]
 ) -> None:
     """State-changing cookie requests need the session's CSRF token and an allowed origin."""
     if method.upper() not in UNSAFE_METHODS:
@@ -206,11 +228,11 @@ def check_csrf(
         reason = "missing_token"
     elif not hmac.compare_digest(hash_secret(token), found.csrf_hash):
         reason = "wrong_token"
-    elif origin is None or origin not in allowed_origins(runtime.settings):
+    elif origin is None or origin not in allowed_origins(ctx.settings):
         reason = "origin"
     if reason is None:
         return
-    runtime.audit.submit(
+    ctx.audit.submit(
         tenant_id=found.tenant_id,
         action="auth.csrf_failed",
         actor=Actor("user", str(found.user_id), found.email),
@@ -225,13 +247,13 @@ def check_csrf(
 
 
 async def authenticate_cookie(
-    runtime: Runtime, cookie: str, method: str, headers: Mapping[str, str]
+    ctx: BrowserSessions, cookie: str, method: str, headers: Mapping[str, str]
 ) -> Principal:
     """The user behind a `session_id` cookie; state-changing methods pass the CSRF check."""
     now = time.time()
-    token_hash, found, problem = await _live_record(runtime, cookie, now)
+    token_hash, found, problem = await _live_record(ctx, cookie, now)
     if problem is not None or found is None:
-        runtime.audit.submit(
+        ctx.audit.submit(
             tenant_id=found.tenant_id if found else None,
             action="auth.session_rejected",
             actor=Actor("user", str(found.user_id), found.email) if found else ANONYMOUS,
@@ -241,8 +263,8 @@ async def authenticate_cookie(
             details={"reason": problem},
         )
         raise _session_refused(problem or "unknown")
-    check_csrf(runtime, found, method, headers)
-    await runtime.sessions.touch(token_hash, found, now)
+    check_csrf(ctx, found, method, headers)
+    await ctx.store.touch(token_hash, found, now)
     return _principal(found)
 
 
@@ -250,13 +272,13 @@ async def authenticate_cookie(
 
 
 async def list_sessions(
-    session: AsyncSession, runtime: Runtime, principal: Principal, params: PageParams
+    session: AsyncSession, ctx: BrowserSessions, principal: Principal, params: PageParams
 ) -> tuple[list[SessionPublic], str | None]:
     """A page of the caller's live sessions, the current one marked."""
     if principal.user_id is None:
         return [], None
     tenant = await get_tenant(session, principal.tenant_id)
-    idle, _absolute = session_timeouts(runtime.settings, tenant)
+    idle, _absolute = tenants.session_timeouts(ctx.settings, tenant)
     stmt = repository.live_for_user(principal.user_id, utcnow(), idle)
     rows, cursor = await paginate(session, stmt, BrowserSession, params)
     items = [
@@ -269,7 +291,7 @@ async def list_sessions(
 
 
 async def revoke_session(
-    session: AsyncSession, runtime: Runtime, principal: Principal, session_id: uuid.UUID
+    session: AsyncSession, ctx: BrowserSessions, principal: Principal, session_id: uuid.UUID
 ) -> None:
     """Revoke one of the caller's own sessions; anyone else's is a 404."""
     row = await repository.get(session, session_id)
@@ -277,7 +299,7 @@ async def revoke_session(
         raise NotFound("Session not found.", code="session_not_found")
     if row.revoked_at is not None:
         return
-    await runtime.sessions.revoke(session, [row])
+    await ctx.store.revoke(session, [row])
     await record(
         session,
         tenant_id=principal.tenant_id,
@@ -289,13 +311,13 @@ async def revoke_session(
     )
 
 
-async def revoke_current(session: AsyncSession, runtime: Runtime, principal: Principal) -> None:
+async def revoke_current(session: AsyncSession, ctx: BrowserSessions, principal: Principal) -> None:
     """Log out: revoke the session that authenticated this request."""
     if principal.session_id is None:
         raise NotFound(
             "This request was not made with a browser session.", code="no_current_session"
         )
-    await revoke_session(session, runtime, principal, uuid.UUID(principal.session_id))
+    await revoke_session(session, ctx, principal, uuid.UUID(principal.session_id))
 
 
 # --- east-west exchange ---------------------------------------------------------------------
@@ -345,9 +367,9 @@ def client_cert_fingerprint(header: str | None) -> str | None:
 
 
 def _exchange_failed(
-    runtime: Runtime, actor: Actor, tenant_id: uuid.UUID | None, reason: str
+    ctx: BrowserSessions, actor: Actor, tenant_id: uuid.UUID | None, reason: str
 ) -> None:
-    runtime.audit.submit(
+    ctx.audit.submit(
         tenant_id=tenant_id,
         action="session.exchanged",
         actor=actor,
@@ -356,43 +378,43 @@ def _exchange_failed(
     )
 
 
-def check_client_certificate(runtime: Runtime, headers: Mapping[str, str]) -> None:
+def check_client_certificate(ctx: BrowserSessions, headers: Mapping[str, str]) -> None:
     """When fingerprints are configured, the mesh must vouch for one of them (else 403)."""
-    settings = runtime.settings
+    settings = ctx.settings
     if not settings.internal_client_cert_fingerprints:
         return
     allowed = {normalise_fingerprint(f) for f in settings.internal_client_cert_fingerprints}
     presented = client_cert_fingerprint(headers.get(settings.internal_client_cert_header))
     if presented is None or presented not in allowed:
-        _exchange_failed(runtime, ANONYMOUS, None, "client_certificate")
+        _exchange_failed(ctx, ANONYMOUS, None, "client_certificate")
         raise Forbidden(
             "This client certificate may not exchange sessions.",
             code="client_certificate_refused",
         )
 
 
-def service_key_refused(runtime: Runtime, reason: str) -> None:
+def service_key_refused(ctx: BrowserSessions, reason: str) -> None:
     """Audit an exchange attempt refused before any API key was accepted."""
-    _exchange_failed(runtime, ANONYMOUS, None, reason)
+    _exchange_failed(ctx, ANONYMOUS, None, reason)
 
 
-def require_exchange_scope(runtime: Runtime, caller: Principal) -> None:
+def require_exchange_scope(ctx: BrowserSessions, caller: Principal) -> None:
     """Only API keys holding `sessions:exchange` may exchange sessions."""
     if caller.kind != "api_key" or EXCHANGE_SCOPE not in caller.scopes:
-        _exchange_failed(runtime, caller.actor, caller.tenant_id, "insufficient_scope")
+        _exchange_failed(ctx, caller.actor, caller.tenant_id, "insufficient_scope")
         raise Forbidden(
             f"This API key lacks the {EXCHANGE_SCOPE} scope.", code="insufficient_scope"
         )
 
 
 async def exchange(
-    session: AsyncSession, runtime: Runtime, caller: Principal, cookie: str
+    session: AsyncSession, ctx: BrowserSessions, caller: Principal, cookie: str
 ) -> ExchangeResponse:
     """A live session of the caller's tenant → a short-lived access token for its user.
 
     The token never outlives the session's absolute expiry; it carries the session id (`sid`)."""
     now = time.time()
-    token_hash, found, problem = await _live_record(runtime, cookie, now)
+    token_hash, found, problem = await _live_record(ctx, cookie, now)
     # A service key of another tenant learns nothing about this tenant's sessions.
     if found is not None and found.tenant_id != caller.tenant_id:
         found, problem = None, "unknown"
@@ -403,17 +425,17 @@ async def exchange(
         if user is None or not user.is_active or user.token_version != found.version:
             problem = "revoked"
     if problem is not None or found is None or user is None:
-        _exchange_failed(runtime, caller.actor, caller.tenant_id, problem or "unknown")
+        _exchange_failed(ctx, caller.actor, caller.tenant_id, problem or "unknown")
         raise _session_refused(problem or "unknown")
     tenant = await get_tenant(session, caller.tenant_id)
     # The token never outlives the session it was exchanged for.
-    ttl = max(1, min(access_ttl_for(runtime, tenant), int(found.expires_at - now)))
-    access_token, _expires_in, claims = issue_user_access_token(
-        runtime, tenant, user, ttl=ttl, extra={"sid": str(found.id)}
+    ttl = max(1, min(tenants.access_ttl(ctx.settings, tenant), int(found.expires_at - now)))
+    access_token, _expires_in, claims = users.access_token_for(
+        ctx.tokens, ctx.settings, tenant, user, ttl=ttl, extra={"sid": str(found.id)}
     )
     # An exchange is the user's activity reaching an internal service through the BFF.
-    await runtime.sessions.touch(token_hash, found, now)
-    runtime.audit.submit(
+    await ctx.store.touch(token_hash, found, now)
+    ctx.audit.submit(
         tenant_id=tenant.id,
         action="session.exchanged",
         actor=caller.actor,

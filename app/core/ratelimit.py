@@ -14,61 +14,16 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import structlog
-from fastapi import Request
-from fastapi.responses import JSONResponse
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, MovingWindowSupport, Storage
 from limits.storage import storage_from_string
 from redis.asyncio import Redis
-from slowapi import Limiter
-from slowapi.errors import RateLimitExceeded
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.core.config import get_settings
 from app.core.context import current_request
-from app.core.errors import ServiceUnavailable, error_response
+from app.core.errors import ServiceUnavailable
 
 log = structlog.get_logger("warden.ratelimit")
-
-
-def _ip_key(request: Request) -> str:
-    return current_request().ip or (request.client.host if request.client else "unknown")
-
-
-def login_limit() -> str:
-    """The per-IP limit on login and registration (a callable, so settings stay live)."""
-    return get_settings().login_rate_limit
-
-
-def _sync_storage_uri() -> str:
-    return get_settings().redis_url or "memory://"
-
-
-# slowapi enforces the per-IP login/registration limit (decorator on those routes). The global
-# per-IP limit is `GlobalRateLimitMiddleware` below: slowapi's middleware resolved the route on
-# every request (+0.12 ms, a fifth of a warm decision) and makes a blocking Redis call.
-limiter = Limiter(
-    key_func=_ip_key,
-    storage_uri=_sync_storage_uri(),
-    strategy="fixed-window",
-    key_prefix="warden-slowapi",
-    headers_enabled=False,
-)
-
-
-async def rate_limit_exceeded_handler(request: Request, exc: Exception) -> JSONResponse:
-    """slowapi's 429 in our error shape, with Retry-After."""
-    retry_after = 60
-    if isinstance(exc, RateLimitExceeded) and exc.limit is not None:
-        retry_after = max(1, int(exc.limit.limit.get_expiry()))
-    log.info("rate_limited", scope="ip", path=request.url.path)
-    return error_response(
-        request,
-        429,
-        "rate_limited",
-        "Too many requests from this address.",
-        headers={"Retry-After": str(retry_after)},
-    )
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,9 @@ closed (503).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,13 +21,12 @@ import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.config import Settings
 from app.core.db import set_session_tenant
 from app.core.errors import ServiceUnavailable
+from app.core.hashing import sha256_hex
 from app.core.types import utcnow
 from app.credentials import browser_repository as repository
 from app.credentials.models import BrowserSession
-from app.tenants.models import Tenant
 
 log = structlog.get_logger("warden.sessions")
 TOUCH_INTERVAL_SECONDS = 60
@@ -39,18 +37,24 @@ _TOMBSTONE = b"revoked"
 
 def hash_secret(value: str) -> str:
     """Session cookies and CSRF tokens are 256 random bits: SHA-256 is the right hash."""
-    return hashlib.sha256(value.encode()).hexdigest()
+    return sha256_hex(value)
 
 
-def session_timeouts(settings: Settings, tenant: Tenant) -> tuple[int, int]:
-    """(idle, absolute) lifetimes in seconds: the tenant's overrides, else the server's."""
-    idle = tenant.settings.get("session_idle_timeout_seconds") or (
-        settings.session_idle_timeout_seconds
-    )
-    absolute = tenant.settings.get("session_absolute_timeout_seconds") or (
-        settings.session_absolute_timeout_seconds
-    )
-    return int(idle), int(absolute)
+@dataclass(frozen=True)
+class SessionHolder:
+    """What the store needs to know of a session's user (the users domain tells it)."""
+
+    tenant_slug: str
+    email: str
+    role: str
+    version: int  # the user's token version
+    active: bool
+    idle_timeout: int  # seconds, the tenant's or the server's
+
+
+# (session, tenant id, user id) → the holder, or None when the user is gone. Given by the layer
+# that builds the store, so the store reads its own table only.
+HolderLoader = Callable[[AsyncSession, uuid.UUID, uuid.UUID], Awaitable[SessionHolder | None]]
 
 
 @dataclass(frozen=True)
@@ -101,33 +105,32 @@ class SessionStore:
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
         redis: Redis | None,
-        settings: Settings,
+        holder: HolderLoader,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.redis = redis
-        self.settings = settings
+        self.holder = holder
 
     async def _load(self, token_hash: str) -> SessionRecord | None:
         async with self.sessionmaker() as session:
-            found = await repository.find_by_token_hash(session, token_hash)
-        if found is None:
+            row = await repository.find_by_token_hash(session, token_hash)
+            if row is None or row.revoked_at is not None:
+                return None
+            holder = await self.holder(session, row.tenant_id, row.user_id)
+        if holder is None or not holder.active:
             return None
-        row, user, tenant = found
-        if row.revoked_at is not None or not user.is_active:
-            return None
-        idle, _absolute = session_timeouts(self.settings, tenant)
         return SessionRecord(
             id=row.id,
-            tenant_id=tenant.id,
-            tenant_slug=tenant.slug,
-            user_id=user.id,
-            email=user.email,
-            role=user.role,
-            version=user.token_version,
+            tenant_id=row.tenant_id,
+            tenant_slug=holder.tenant_slug,
+            user_id=row.user_id,
+            email=holder.email,
+            role=holder.role,
+            version=holder.version,
             csrf_hash=row.csrf_hash,
             created_at=row.created_at.timestamp(),
             expires_at=row.expires_at.timestamp(),
-            idle_timeout=idle,
+            idle_timeout=holder.idle_timeout,
             last_seen_at=row.last_seen_at.timestamp(),
         )
 

@@ -12,28 +12,28 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import SKIP_TENANT_FILTER
 from app.credentials.models import BrowserSession
-from app.tenants.models import Tenant
-from app.users.models import User
 
 
-async def find_by_token_hash(
-    session: AsyncSession, token_hash: str
-) -> tuple[BrowserSession, User, Tenant] | None:
-    """The session a cookie names, with its user and tenant, whichever tenant it belongs to."""
+async def find_by_token_hash(session: AsyncSession, token_hash: str) -> BrowserSession | None:
+    """The session a cookie names, whichever tenant it belongs to."""
     stmt = (
-        select(BrowserSession, User, Tenant)
-        .join(User, User.id == BrowserSession.user_id)  # type: ignore[arg-type]
-        .join(Tenant, Tenant.id == BrowserSession.tenant_id)  # type: ignore[arg-type]
+        select(BrowserSession)
         .where(BrowserSession.token_hash == token_hash)  # type: ignore[arg-type]
         # Cross-tenant on purpose: the cookie itself names its session (and so its tenant); the
         # principal built from the row is bound to that tenant from here on.
         .execution_options(**{SKIP_TENANT_FILTER: True})
     )
-    row = (await session.execute(stmt)).first()
-    if row is None:
-        return None
-    browser_session, user, tenant = row
-    return browser_session, user, tenant
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def of_user(session: AsyncSession, user_id: uuid.UUID) -> list[BrowserSession]:
+    """The user's browser sessions, oldest first (the user's own data export)."""
+    stmt = (
+        select(BrowserSession)
+        .where(BrowserSession.user_id == user_id)  # type: ignore[arg-type]
+        .order_by(BrowserSession.created_at, BrowserSession.id)  # type: ignore[arg-type]
+    )
+    return list((await session.execute(stmt)).scalars())
 
 
 async def get(session: AsyncSession, session_id: uuid.UUID) -> BrowserSession | None:

@@ -10,7 +10,14 @@ one transaction. Each process mirrors the announcements in memory and answers fr
 only while it is provably complete: filled from Redis's keys after (re)subscribing, and the
 subscription heard from within `TRUST_SECONDS` (every process hears its own heartbeat four times
 a second). Otherwise, and whenever that is in doubt, the check reads Redis (one `MGET`, 503 when
-Redis is down).
+Redis is down) — and Redis is only a cache of the database: a marker key written after Redis was
+filled from the database tells whether Redis still holds everything. When it is gone (Redis
+restarted empty, or was flushed), "not in Redis" means nothing: the check asks the database and
+one refill from the database is started, so a revoked token never comes back.
+
+The subjects and their lifetimes are made here and nowhere else: `revoke_user`, `revoke_tenant`,
+`revoke_token`. Expired revocations are pruned (`prune`), so the in-memory fast path (nothing
+revoked in this process's view: nothing to look up) returns once they have expired.
 """
 
 from __future__ import annotations
@@ -18,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 from datetime import timedelta
 
 import structlog
@@ -27,19 +33,21 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.errors import ServiceUnavailable
+from app.core.hashing import sha256_hex
 from app.core.invalidation import CHANNEL, InvalidationBus
 from app.core.types import utcnow
 from app.credentials.models import Revocation
 
 log = structlog.get_logger("warden.revocation")
 _PREFIX = "warden:revoked:"
+_FILLED = "warden:revocations:filled"  # set once Redis holds every live revocation
 TOPIC = "revocation"
 
 
 @functools.lru_cache(maxsize=65_536)  # the same token is checked on each of its requests
 def jti_subject(jti: str) -> str:
     """The revocation subject of one token id (hashed: the list never holds token ids)."""
-    return "jti:" + hashlib.sha256(jti.encode()).hexdigest()
+    return "jti:" + sha256_hex(jti)
 
 
 class RevocationStore:
@@ -47,8 +55,21 @@ class RevocationStore:
 
     TRUST_SECONDS = 1.0
 
-    def __init__(self, redis: Redis | None) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        redis: Redis | None,
+        *,
+        token_lifetime: timedelta,
+        leeway: timedelta,
+    ) -> None:
+        self.sessionmaker = sessionmaker
         self.redis = redis
+        # The longest an access token lives (plus the verifier's leeway): a revocation of a
+        # user or tenant must outlive every token issued before it.
+        self.token_lifetime = token_lifetime
+        self.leeway = leeway
+        self._refill: asyncio.Task[None] | None = None
         self._memory: dict[str, tuple[int, float]] = {}  # subject -> (min_version, expires)
         self._bus: InvalidationBus | None = None
         self._generation = 0  # bumped whenever the subscription (re)starts or drops
@@ -63,11 +84,12 @@ class RevocationStore:
 
     async def aclose(self) -> None:
         """Stop refilling the mirror."""
-        if self._resync is not None:
-            self._resync.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._resync
-            self._resync = None
+        for task in (self._resync, self._refill):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._resync = self._refill = None
 
     def _mirror_trusted(self) -> bool:
         return (
@@ -103,6 +125,8 @@ class RevocationStore:
             generation = self._generation
             try:
                 await self._bus.ready.wait()
+                if not await self.redis.exists(_FILLED):
+                    await self.load()  # Redis lost what it held: the database has it all
                 keys = [key async for key in self.redis.scan_iter(match=_PREFIX + "*", count=1000)]
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for key in keys:
@@ -125,17 +149,32 @@ class RevocationStore:
                 self._synced = generation
                 return
 
-    async def load(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
-        """Fill the in-process copy (and Redis) from the database at start-up."""
-        async with sessionmaker() as session:
-            rows = (
-                await session.execute(
-                    select(Revocation).where(Revocation.expires_at > utcnow())  # type: ignore[arg-type]
-                )
-            ).scalars()
-            for row in rows:
-                ttl = row.expires_at.timestamp() - utcnow().timestamp()
-                await self._publish(row.subject, row.min_version, ttl)
+    async def load(self) -> None:
+        """Fill the in-process copy (and Redis) from the database: at start-up, and whenever
+        Redis turns out to have lost what it held."""
+        async with self.sessionmaker() as session:
+            rows = list(
+                (
+                    await session.execute(
+                        select(Revocation).where(Revocation.expires_at > utcnow())  # type: ignore[arg-type]
+                    )
+                ).scalars()
+            )
+        for row in rows:
+            ttl = row.expires_at.timestamp() - utcnow().timestamp()
+            await self._publish(row.subject, row.min_version, ttl)
+        if self.redis is not None:
+            await self.redis.set(_FILLED, "1")
+
+    def _refill_from_database(self) -> None:
+        if self._refill is None or self._refill.done():
+            self._refill = asyncio.get_running_loop().create_task(self._refill_once())
+
+    async def _refill_once(self) -> None:
+        try:
+            await self.load()
+        except Exception as exc:  # the check keeps asking the database meanwhile
+            log.error("revocation_refill_failed", error=repr(exc))
 
     async def _publish(self, subject: str, min_version: int, ttl_seconds: float) -> None:
         expires = utcnow().timestamp() + ttl_seconds
@@ -147,7 +186,28 @@ class RevocationStore:
                 pipe.publish(CHANNEL, f"{TOPIC}|{subject}|{min_version}|{expires}")
                 await pipe.execute()
 
-    async def revoke(
+    async def revoke_user(self, session: AsyncSession, user_id: object, min_version: int) -> None:
+        """Every token of this user below `min_version` (deactivation, role or password
+        change, deletion), for as long as any such token can live."""
+        await self._revoke(
+            session,
+            f"user:{user_id}",
+            ttl=self.token_lifetime + self.leeway,
+            min_version=min_version,
+        )
+
+    async def revoke_tenant(self, session: AsyncSession, tenant_id: object) -> None:
+        """Every token of a deleted tenant, local and satellite."""
+        await self._revoke(session, f"tenant:{tenant_id}", ttl=self.token_lifetime + self.leeway)
+
+    async def revoke_token(self, session: AsyncSession, jti: str, expires_at: int) -> None:
+        """One token (logout), until it would have expired anyway."""
+        remaining = max(1, expires_at - int(utcnow().timestamp()))
+        await self._revoke(
+            session, jti_subject(jti), ttl=timedelta(seconds=remaining) + self.leeway
+        )
+
+    async def _revoke(
         self, session: AsyncSession, subject: str, *, ttl: timedelta, min_version: int = 0
     ) -> None:
         """Record a revocation in the caller's transaction and publish it."""
@@ -174,31 +234,62 @@ class RevocationStore:
             subjects.append(jti_subject(jti))
         if user_id:
             subjects.append(f"user:{user_id}")
+        now = utcnow().timestamp()
+        # What this process knows is always counted: it outlives any Redis restart.
+        lookup = {
+            s: entry[0]
+            for s in subjects
+            if (entry := self._memory.get(s)) is not None and entry[1] > now
+        }
         if not mirrored and self.redis is not None:
-            try:
-                values = await self.redis.mget([_PREFIX + s for s in subjects])
-            except Exception as exc:
-                log.error("revocation_store_unavailable", error=type(exc).__name__)
-                raise ServiceUnavailable("The revocation store is unavailable.") from exc
-            found = dict(zip(subjects, values, strict=True))
-            lookup = {s: int(v) for s, v in found.items() if v is not None}
-        else:
-            now = utcnow().timestamp()
-            lookup = {
-                s: entry[0]
-                for s in subjects
-                if (entry := self._memory.get(s)) is not None and entry[1] > now
-            }
-        for subject, min_version in lookup.items():
-            if subject.startswith("user:"):
-                if version < min_version:
-                    return True
-            else:
-                return True
-        return False
+            lookup.update(await self._shared(subjects))
+        return _revoked(lookup, version)
 
-    async def prune(self, session: AsyncSession) -> None:
-        """Delete expired entries."""
-        await session.execute(delete(Revocation).where(Revocation.expires_at <= utcnow()))  # type: ignore[arg-type]
+    async def _shared(self, subjects: list[str]) -> dict[str, int]:
+        """The subjects' revocations as Redis holds them, or as the database does when Redis
+        cannot vouch for being complete."""
+        assert self.redis is not None  # noqa: S101  (callers check)
+        try:
+            values = await self.redis.mget([_PREFIX + s for s in subjects] + [_FILLED])
+        except Exception as exc:
+            log.error("revocation_store_unavailable", error=type(exc).__name__)
+            raise ServiceUnavailable(
+                "The revocation store is unavailable.",
+                code="redis_unavailable",
+                headers={"Retry-After": "1"},
+            ) from exc
+        if values[-1] is not None:
+            found = dict(zip(subjects, values[:-1], strict=True))
+            return {s: int(v) for s, v in found.items() if v is not None}
+        log.warning("revocation_cache_incomplete")
+        self._refill_from_database()
+        async with self.sessionmaker() as session:
+            rows = (
+                await session.execute(
+                    select(Revocation).where(
+                        Revocation.subject.in_(subjects),  # type: ignore[attr-defined]
+                        Revocation.expires_at > utcnow(),  # type: ignore[arg-type]
+                    )
+                )
+            ).scalars()
+            return {row.subject: row.min_version for row in rows}
+
+    async def prune(self) -> int:
+        """Delete expired revocations from the database and from this process's memory."""
+        async with self.sessionmaker() as session, session.begin():
+            result = await session.execute(
+                delete(Revocation).where(Revocation.expires_at <= utcnow())  # type: ignore[arg-type]
+            )
         now = utcnow().timestamp()
         self._memory = {k: v for k, v in self._memory.items() if v[1] > now}
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _revoked(lookup: dict[str, int], version: int) -> bool:
+    for subject, min_version in lookup.items():
+        if subject.startswith("user:"):
+            if version < min_version:
+                return True
+        else:
+            return True
+    return False

@@ -5,80 +5,68 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from app.core import jose
+from app.core.config import Settings
 from app.core.identity import Principal, Role
-from app.tenants.models import Tenant
-from app.users.models import User
-
-if TYPE_CHECKING:
-    from app.web.state import Runtime
+from app.credentials.signing import SigningKeyring
 
 _CACHE_MAX = 10_000
 
 
-def issue_access_token(
-    runtime: Runtime,
-    *,
-    user_id: uuid.UUID,
-    email: str,
-    tenant_id: uuid.UUID,
-    tenant_slug: str,
-    role: str,
-    version: int,
-    ttl: int | None = None,
-    extra: dict[str, Any] | None = None,
-) -> tuple[str, int, dict[str, Any]]:
-    """Sign an access token; returns (token, expires_in, claims)."""
-    settings = runtime.settings
-    lifetime = ttl or settings.access_token_ttl_seconds
-    now = int(time.time())
-    claims: dict[str, Any] = {
-        "iss": settings.issuer,
-        "aud": settings.jwt_audience,
-        "sub": str(user_id),
-        "email": email,
-        "tenant": tenant_slug,
-        "tid": str(tenant_id),
-        "role": role,
-        "ver": version,
-        "iat": now,
-        "nbf": now,
-        "exp": now + lifetime,
-        "jti": uuid.uuid4().hex,
-    }
-    if extra:
-        claims.update(extra)
-    return runtime.keyring.sign(claims), lifetime, claims
+class LocalTokens:
+    """Issues and verifies Warden's own access tokens with the process's signing keys."""
 
+    def __init__(self, signing: SigningKeyring, settings: Settings) -> None:
+        self.signing = signing
+        self.issuer = settings.issuer
+        self.audience = settings.jwt_audience
+        self.leeway = settings.jwt_leeway_seconds
+        self.default_ttl = settings.access_token_ttl_seconds
 
-def access_ttl_for(runtime: Runtime, tenant: Tenant) -> int:
-    """The access-token lifetime of a tenant (its override, else the server's setting)."""
-    override = tenant.settings.get("access_token_ttl_seconds")
-    return int(override or runtime.settings.access_token_ttl_seconds)
+    def issue(
+        self,
+        *,
+        user_id: uuid.UUID,
+        email: str,
+        tenant_id: uuid.UUID,
+        tenant_slug: str,
+        role: str,
+        version: int,
+        ttl: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> tuple[str, int, dict[str, Any]]:
+        """Sign an access token; returns (token, expires_in, claims)."""
+        lifetime = ttl or self.default_ttl
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": str(user_id),
+            "email": email,
+            "tenant": tenant_slug,
+            "tid": str(tenant_id),
+            "role": role,
+            "ver": version,
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime,
+            "jti": uuid.uuid4().hex,
+        }
+        if extra:
+            claims.update(extra)
+        return self.signing.sign(claims), lifetime, claims
 
-
-def issue_user_access_token(
-    runtime: Runtime,
-    tenant: Tenant,
-    user: User,
-    *,
-    ttl: int | None = None,
-    extra: dict[str, Any] | None = None,
-) -> tuple[str, int, dict[str, Any]]:
-    """An access token for a local user (lifetime: `ttl`, else the tenant's)."""
-    return issue_access_token(
-        runtime,
-        user_id=user.id,
-        email=user.email,
-        tenant_id=tenant.id,
-        tenant_slug=tenant.slug,
-        role=user.role,
-        version=user.token_version,
-        ttl=ttl or access_ttl_for(runtime, tenant),
-        extra=extra,
-    )
+    async def verify(self, parsed: jose.ParsedToken) -> Principal:
+        """Verify a token Warden issued (signature against the kid's key, all claims)."""
+        key = await self.signing.resolve(parsed.header.get("kid"))
+        claims = jose.verify(
+            parsed, key, issuer=self.issuer, audiences=[self.audience], leeway=self.leeway
+        )
+        if not isinstance(claims.get("ver"), int) or not isinstance(claims.get("jti"), str):
+            raise jose.TokenError("token claims malformed")
+        return principal_from_local_claims(claims)
 
 
 class VerifiedTokenCache:
@@ -120,25 +108,3 @@ def principal_from_local_claims(claims: dict[str, Any]) -> Principal:
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise jose.TokenError("token claims malformed") from exc
-
-
-async def verify_local_token(
-    runtime: Runtime, parsed: jose.ParsedToken, cache: VerifiedTokenCache
-) -> Principal:
-    """Verify a token Warden issued (signature against the kid's key, all claims)."""
-    cached = cache.get(parsed.raw)
-    if cached is not None:
-        return cached
-    key = await runtime.keyring.resolve(parsed.header.get("kid"))
-    claims = jose.verify(
-        parsed,
-        key,
-        issuer=runtime.settings.issuer,
-        audiences=[runtime.settings.jwt_audience],
-        leeway=runtime.settings.jwt_leeway_seconds,
-    )
-    if not isinstance(claims.get("ver"), int) or not isinstance(claims.get("jti"), str):
-        raise jose.TokenError("token claims malformed")
-    principal = principal_from_local_claims(claims)
-    cache.put(parsed.raw, principal)
-    return principal

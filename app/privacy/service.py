@@ -17,29 +17,29 @@ import hmac
 import json
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.apikeys import service as apikeys
 from app.apikeys.schemas import ApiKeyPublic
 from app.audit import repository as audit_events
 from app.audit.schemas import AuditFilters, event_view
-from app.audit.service import SeqTally, record
-from app.core.errors import Conflict, NotFound
-from app.core.identity import Principal, Role
+from app.audit.service import AuditWriter, SeqTally, record
+from app.core.errors import NotFound
+from app.core.identity import Principal
 from app.core.types import utcnow
-from app.privacy import repository
+from app.credentials import browser_repository as browser_sessions
+from app.credentials import refresh as refresh_tokens
+from app.credentials.browser import SessionStore
+from app.credentials.revocation import RevocationStore
 from app.privacy.schemas import BrowserSessionView, ProfileView, RefreshSessionView
 from app.tenants.models import Tenant
 from app.tenants.schemas import TenantPublic
-from app.users import repository as users
 from app.users.models import User
-from app.users.service import revoke_user_credentials
-
-if TYPE_CHECKING:
-    from app.web.state import Runtime
+from app.users.service import ensure_not_last_owner, revoke_user_credentials
 
 
 def _tenant_key(master_key_entry: str, tenant_id: uuid.UUID) -> bytes:
@@ -52,10 +52,10 @@ def _tenant_key(master_key_entry: str, tenant_id: uuid.UUID) -> bytes:
     ).derive(raw)
 
 
-def pseudonym(runtime: Runtime, tenant_id: uuid.UUID, user_id: uuid.UUID) -> str:
-    """The stable, tenant-scoped pseudonym an erased user's audit events carry."""
-    # The first WARDEN_MASTER_KEY entry is the active one (the same key `runtime.master` uses).
-    key = _tenant_key(runtime.settings.warden_master_key[0], tenant_id)
+def pseudonym(master_key_entry: str, tenant_id: uuid.UUID, user_id: uuid.UUID) -> str:
+    """The stable, tenant-scoped pseudonym an erased user's audit events carry (keyed by the
+    active, first, `WARDEN_MASTER_KEY` entry)."""
+    key = _tenant_key(master_key_entry, tenant_id)
     digest = hmac.new(key, str(user_id).encode(), hashlib.sha256).hexdigest()
     return audit_events.ERASED_PREFIX + digest[:16]
 
@@ -84,15 +84,15 @@ async def export_me(
         "tenant": TenantPublic.model_validate(tenant).model_dump(mode="json"),
         "refresh_sessions": [
             RefreshSessionView.model_validate(r).model_dump(mode="json")
-            for r in await repository.refresh_tokens_of(session, user.id)
+            for r in await refresh_tokens.of_user(session, user.id)
         ],
         "browser_sessions": [
             BrowserSessionView.model_validate(r).model_dump(mode="json")
-            for r in await repository.browser_sessions_of(session, user.id)
+            for r in await browser_sessions.of_user(session, user.id)
         ],
         "api_keys": [
             ApiKeyPublic.model_validate(r).model_dump(mode="json")
-            for r in await repository.api_keys_created_by(session, user.id)
+            for r in await apikeys.created_by(session, user.id)
         ],
     }
     await record(
@@ -124,19 +124,26 @@ async def _document(
     yield "]}"
 
 
-async def erase_me(session: AsyncSession, runtime: Runtime, principal: Principal) -> None:
+async def erase_me(
+    session: AsyncSession,
+    audit: AuditWriter,
+    revocations: RevocationStore,
+    sessions: SessionStore,
+    master_key_entry: str,
+    principal: Principal,
+) -> None:
     """`DELETE /me`: delete the account, revoke its tokens, pseudonymise its audit trail."""
     # Events of this user still queued in this process must be in the chain before the rows are
     # rewritten. Flushed first, before this request's transaction takes SQLite's write lock.
-    await runtime.audit.flush()
+    await audit.flush()
     user = await _own_user(session, principal)
-    if user.role == Role.OWNER and user.is_active and await users.count_active_owners(session) <= 1:
-        raise Conflict(
-            "You are the tenant's last owner: make someone else owner first, or delete the tenant.",
-            code="last_owner",
-        )
-    await revoke_user_credentials(session, runtime, user)
-    alias = pseudonym(runtime, principal.tenant_id, user.id)
+    await ensure_not_last_owner(
+        session,
+        user,
+        "You are the tenant's last owner: make someone else owner first, or delete the tenant.",
+    )
+    await revoke_user_credentials(session, revocations, sessions, user)
+    alias = pseudonym(master_key_entry, principal.tenant_id, user.id)
     # The erasure event tallies the rows it rewrites, so `verify` can tell them from rows that
     # someone later passes off as this erased user's. It is recorded under the real actor and
     # rewritten with the rest.
@@ -154,6 +161,6 @@ async def erase_me(session: AsyncSession, runtime: Runtime, principal: Principal
         details=tally.as_details(),
     )
     await audit_events.pseudonymise_actor(session, str(user.id), alias)
-    await repository.reassign_api_keys(session, user.id, alias)
+    await apikeys.credit_to(session, user.id, alias)
     await session.delete(user)
     await session.flush()

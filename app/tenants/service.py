@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
-from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
-from app.audit.models import AuditChainHead
-from app.audit.service import record
+from app.audit.service import forget_chain, record
+from app.core.config import Settings
 from app.core.db import SKIP_TENANT_FILTER, set_session_tenant
 from app.core.errors import Conflict, NotFound
-from app.core.identity import Actor, Principal, Role
+from app.core.identity import Actor, Principal
 from app.core.types import utcnow
+from app.credentials.revocation import RevocationStore
 from app.tenants.models import Tenant
 from app.tenants.schemas import TenantUpdate
-from app.users.models import User
-from app.users.service import add_user
-
-if TYPE_CHECKING:
-    from app.web.state import Runtime
 
 
 async def get_by_slug(session: AsyncSession, slug: str) -> Tenant | None:
@@ -40,16 +34,8 @@ async def get_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> Tenant:
     return tenant
 
 
-async def create_tenant_with_owner(
-    session: AsyncSession,
-    *,
-    slug: str,
-    name: str,
-    owner_email: str,
-    owner_password: str,
-    actor: Actor | None = None,
-) -> tuple[Tenant, User]:
-    """A tenant and its first owner, atomically, both audited."""
+async def create_tenant(session: AsyncSession, *, slug: str, name: str, actor: Actor) -> Tenant:
+    """A new tenant, audited in its own chain; the session is scoped to it from here on."""
     if await get_by_slug(session, slug) is not None:
         raise Conflict("This tenant slug is taken.", code="tenant_exists")
     tenant = Tenant(slug=slug, name=name)
@@ -59,7 +45,6 @@ async def create_tenant_with_owner(
     except IntegrityError as exc:
         raise Conflict("This tenant slug is taken.", code="tenant_exists") from exc
     set_session_tenant(session, tenant.id)
-    actor = actor or Actor("anonymous", None, owner_email)
     await record(
         session,
         tenant_id=tenant.id,
@@ -69,15 +54,30 @@ async def create_tenant_with_owner(
         target_id=str(tenant.id),
         details={"slug": slug},
     )
-    user = await add_user(
-        session,
-        tenant_id=tenant.id,
-        email=owner_email,
-        password=owner_password,
-        role=Role.OWNER,
-        actor=actor,
+    return tenant
+
+
+def access_ttl(settings: Settings, tenant: Tenant) -> int:
+    """The access-token lifetime of a tenant in seconds (its override, else the server's)."""
+    override = tenant.settings.get("access_token_ttl_seconds")
+    return int(override or settings.access_token_ttl_seconds)
+
+
+def refresh_ttl(settings: Settings, tenant: Tenant) -> int:
+    """The refresh-token lifetime of a tenant in seconds (its override, else the server's)."""
+    override = tenant.settings.get("refresh_token_ttl_seconds")
+    return int(override or settings.refresh_token_ttl_seconds)
+
+
+def session_timeouts(settings: Settings, tenant: Tenant) -> tuple[int, int]:
+    """(idle, absolute) browser-session lifetimes in seconds: the tenant's, else the server's."""
+    idle = tenant.settings.get("session_idle_timeout_seconds") or (
+        settings.session_idle_timeout_seconds
     )
-    return tenant, user
+    absolute = tenant.settings.get("session_absolute_timeout_seconds") or (
+        settings.session_absolute_timeout_seconds
+    )
+    return int(idle), int(absolute)
 
 
 async def update_tenant(session: AsyncSession, principal: Principal, data: TenantUpdate) -> Tenant:
@@ -107,15 +107,14 @@ async def update_tenant(session: AsyncSession, principal: Principal, data: Tenan
     return tenant
 
 
-async def delete_tenant(session: AsyncSession, runtime: Runtime, principal: Principal) -> None:
+async def delete_tenant(
+    session: AsyncSession, revocations: RevocationStore, principal: Principal
+) -> None:
     """`DELETE /tenant` (owner): every row of the tenant goes; its tokens die at once."""
     tenant = await get_tenant(session, principal.tenant_id)
-    ttl = timedelta(
-        seconds=runtime.settings.access_token_ttl_seconds + runtime.settings.jwt_leeway_seconds
-    )
-    await runtime.revocations.revoke(session, f"tenant:{tenant.id}", ttl=ttl)
+    await revocations.revoke_tenant(session, tenant.id)
     await session.delete(tenant)
-    await session.execute(delete(AuditChainHead).where(AuditChainHead.chain == str(tenant.id)))  # type: ignore[arg-type]
+    await forget_chain(session, tenant.id)
     await session.flush()
     # The tenant's own chain is gone with it; the deletion is kept in the system chain.
     await record(

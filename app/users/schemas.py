@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 
 from app.core.identity import Role
-from app.core.schemas import EmailText, Password, PublicModel, StrictModel
+from app.core.schemas import EmailText, Password, PublicModel, Slug, StrictModel
 
 
 class UserPublic(PublicModel):
@@ -33,3 +33,11 @@ class UserUpdate(StrictModel):
     role: Role | None = None
     is_active: bool | None = None
     password: Password | None = None
+
+
+class LoginRequest(StrictModel):
+    """Email + password within one tenant."""
+
+    email: EmailText
+    password: Password
+    tenant: Slug

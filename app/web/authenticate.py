@@ -94,7 +94,7 @@ def presented_credential(request: Request, cookie: str | None) -> Presented | No
 
 
 # Verifies a token Warden issued (signature against its kid's key, every claim).
-VerifyLocal = Callable[[jose.ParsedToken, VerifiedTokenCache], Awaitable[Principal]]
+VerifyLocal = Callable[[jose.ParsedToken], Awaitable[Principal]]
 # The user behind a browser's session cookie (method and headers for the CSRF check).
 CookieAuth = Callable[[str, str, Mapping[str, str]], Awaitable[Principal]]
 
@@ -161,7 +161,8 @@ class Authenticator:
             if principal is None:
                 parsed = jose.parse(token)
                 if parsed.claims.get("iss") == self.settings.issuer:
-                    principal = await self.verify_local(parsed, self.verified)
+                    principal = await self.verify_local(parsed)
+                    self.verified.put(token, principal)
                 else:
                     principal = await self.satellites.authenticate(parsed, tenant_hint)
         except jose.TokenError as exc:

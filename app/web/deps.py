@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.context import current_request
 from app.core.db import run_post_commit, set_session_tenant
 from app.core.errors import AppError, Forbidden, RateLimited
-from app.core.identity import Principal, Role
+from app.core.identity import ANONYMOUS, Principal, Role
 from app.core.ratelimit import parse_limit
 from app.web.state import Runtime
 
@@ -112,6 +112,13 @@ async def limit_login_attempts(runtime: RuntimeDep) -> None:
         parse_limit(runtime.settings.login_rate_limit), "login-ip", ip
     )
     if not state.allowed:
+        runtime.audit.submit(
+            tenant_id=None,
+            action="auth.login",
+            actor=ANONYMOUS,
+            outcome="rate_limited",
+            details={"scope": "ip"},
+        )
         raise RateLimited("Too many requests from this address.", headers=state.headers())
 
 

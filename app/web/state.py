@@ -26,6 +26,7 @@ from app.authz.pipeline import DecisionPipeline
 from app.authz.relay import Relay
 from app.authz.upstream import NoCookies, UpstreamTransport
 from app.browser_sessions import service as browser_sessions
+from app.browser_sessions.service import BrowserSessions
 from app.core.config import Settings
 from app.core.crypto import KeyRing
 from app.core.db import make_engine
@@ -36,9 +37,10 @@ from app.core.ratelimit import AsyncLimiter
 from app.credentials.browser import SessionStore
 from app.credentials.revocation import RevocationStore
 from app.credentials.signing import SigningKeyring
-from app.credentials.tokens import verify_local_token
+from app.credentials.tokens import LocalTokens
 from app.issuers.satellite import SatelliteVerifier
 from app.issuers.service import IssuerRules
+from app.users.service import session_holder_loader
 from app.web.authenticate import Authenticator, ExchangeGuard, Mode
 
 log = structlog.get_logger("warden.runtime")
@@ -65,9 +67,11 @@ class Runtime:
     bindings: BindingIndex
     satellites: SatelliteVerifier
     sessions: SessionStore
+    tokens: LocalTokens
     pipeline: DecisionPipeline
     relay: Relay
     issuer_rules: IssuerRules
+    browser: BrowserSessions = field(init=False)
     authenticator: Authenticator = field(init=False)
     gateway: Gateway = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -75,22 +79,32 @@ class Runtime:
     def __post_init__(self) -> None:
         # Built from the state itself: the authenticator reads the credential stores, and the
         # gateway decides with the authenticator in its gateway mode.
+        browser = self.browser = BrowserSessions(
+            store=self.sessions,
+            revocations=self.revocations,
+            tokens=self.tokens,
+            limiter=self.limiter,
+            audit=self.audit,
+            settings=self.settings,
+        )
         self.authenticator = Authenticator(
             settings=self.settings,
             audit=self.audit,
             apikeys=self.apikeys,
             satellites=self.satellites,
             revocations=self.revocations,
-            verify_local=lambda parsed, cache: verify_local_token(self, parsed, cache),
+            verify_local=self.tokens.verify,
             cookie=lambda cookie, method, headers: browser_sessions.authenticate_cookie(
-                self, cookie, method, headers
+                browser, cookie, method, headers
             ),
             exchange=ExchangeGuard(
                 check_client_certificate=lambda headers: browser_sessions.check_client_certificate(
-                    self, headers
+                    browser, headers
                 ),
-                refused=lambda reason: browser_sessions.service_key_refused(self, reason),
-                require_scope=lambda caller: browser_sessions.require_exchange_scope(self, caller),
+                refused=lambda reason: browser_sessions.service_key_refused(browser, reason),
+                require_scope=lambda caller: browser_sessions.require_exchange_scope(
+                    browser, caller
+                ),
             ),
         )
 
@@ -118,6 +132,13 @@ class Runtime:
             seconds=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60
         )
         limiter = AsyncLimiter(settings.redis_url, redis)
+        keyring = SigningKeyring(sessionmaker, master, publish_for)
+        revocations = RevocationStore(
+            sessionmaker,
+            redis,
+            token_lifetime=timedelta(seconds=settings.access_token_ttl_seconds),
+            leeway=timedelta(seconds=settings.jwt_leeway_seconds),
+        )
         audit = AuditWriter(sessionmaker, settings.audit_flush_interval_ms)
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.upstream_timeout_seconds),
@@ -135,8 +156,8 @@ class Runtime:
             sessionmaker=sessionmaker,
             master=master,
             redis=redis,
-            keyring=SigningKeyring(sessionmaker, master, publish_for),
-            revocations=RevocationStore(redis),
+            keyring=keyring,
+            revocations=revocations,
             limiter=limiter,
             audit=audit,
             bus=InvalidationBus(redis),
@@ -145,7 +166,8 @@ class Runtime:
             apikeys=ApiKeyCache(sessionmaker, settings.api_key_miss_budget),
             bindings=BindingIndex(sessionmaker),
             satellites=SatelliteVerifier(sessionmaker, settings),
-            sessions=SessionStore(sessionmaker, redis, settings),
+            sessions=SessionStore(sessionmaker, redis, session_holder_loader(settings)),
+            tokens=LocalTokens(keyring, settings),
             pipeline=DecisionPipeline(Decider(), limiter, audit),
             relay=Relay(http, settings.upstream_allowed_hosts),
             issuer_rules=IssuerRules(settings.issuer, settings.upstream_allowed_hosts),
@@ -154,7 +176,7 @@ class Runtime:
     async def start(self) -> None:
         """Load keys and revocations, start background tasks."""
         await self.keyring.load()
-        await self.revocations.load(self.sessionmaker)
+        await self.revocations.load()
         self.bus.register("endpoint", self.endpoints.invalidate)
         self.bus.register("endpoint", self.bindings.invalidate)
         self.bus.register("apikey", self.apikeys.invalidate)
@@ -169,6 +191,7 @@ class Runtime:
             await asyncio.sleep(KEY_RELOAD_SECONDS)
             try:
                 await self.keyring.load(create_if_missing=False)
+                await self.revocations.prune()
                 await self.apikeys.flush_usage()
             except Exception as exc:  # a transient database error must not kill the loop
                 log.error("background_refresh_failed", error=repr(exc))

@@ -207,10 +207,12 @@ async def test_every_security_event_is_recorded(client, tenant, runtime, upstrea
 
     strict = create_app(Settings(login_rate_limit="2/minute"))
     async with strict.router.lifespan_context(strict):
-        transport = httpx.ASGITransport(app=strict, client=(random_ip(), 1234))
-        async with httpx.AsyncClient(transport=transport, base_url="http://warden.test") as c:
-            body = {"email": member.email, "password": "nope", "tenant": tenant.slug}
-            codes = [(await c.post(f"{api}/auth/login", json=body)).status_code for _ in range(3)]
+        body = {"email": member.email, "password": "nope", "tenant": tenant.slug}
+        codes = []
+        for _ in range(3):  # from three addresses: the account's limit bites, not an address's
+            transport = httpx.ASGITransport(app=strict, client=(random_ip(), 1234))
+            async with httpx.AsyncClient(transport=transport, base_url="http://warden.test") as c:
+                codes.append((await c.post(f"{api}/auth/login", json=body)).status_code)
     assert codes == [401, 401, 429]
 
     recorded = {(e.action, e.outcome) for e in await events(runtime, tenant.id)}

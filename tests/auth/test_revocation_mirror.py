@@ -23,10 +23,12 @@ pytestmark = needs_redis
 class Process:
     """A revocation store with its own Redis client and bus, as in one Warden process."""
 
-    def __init__(self) -> None:
+    def __init__(self, sessionmaker) -> None:
         self.redis = Redis.from_url(REDIS)
         self.bus = InvalidationBus(self.redis)
-        self.store = RevocationStore(self.redis)
+        self.store = RevocationStore(
+            sessionmaker, self.redis, token_lifetime=timedelta(minutes=5), leeway=timedelta(0)
+        )
         self.store.attach(self.bus)
         self.reads = 0
         mget = self.redis.mget
@@ -60,8 +62,8 @@ async def until(condition, within: float = 3.0) -> None:
 
 
 @pytest.fixture
-async def processes():
-    pair = (Process(), Process())
+async def processes(runtime):
+    pair = (Process(runtime.sessionmaker), Process(runtime.sessionmaker))
     try:
         for process in pair:
             await process.start()
@@ -107,6 +109,7 @@ async def test_a_resubscription_refills_the_mirror_from_redis(processes):
     tenant = str(uuid.uuid4())
     # Written by a process whose announcement b never got (e.g. while b was reconnecting).
     await b.redis.set(f"warden:revoked:tenant:{tenant}", "0", ex=300)
+    await b.redis.set("warden:revocations:filled", "1")  # a Redis filled from the database
     b.bus._dispatch("revocation", None)  # what the bus does on every (re)subscription
     assert not b.store._mirror_trusted()
     assert await b.revoked(tenant)  # not trusted yet: read from Redis
@@ -116,9 +119,14 @@ async def test_a_resubscription_refills_the_mirror_from_redis(processes):
     assert b.reads == reads
 
 
-async def test_without_redis_the_check_fails_closed():
+async def test_without_redis_the_check_fails_closed(runtime):
     dead = "redis://127.0.0.1:1/0"
-    store = RevocationStore(Redis.from_url(dead, socket_connect_timeout=0.2))
+    store = RevocationStore(
+        runtime.sessionmaker,
+        Redis.from_url(dead, socket_connect_timeout=0.2),
+        token_lifetime=timedelta(minutes=5),
+        leeway=timedelta(0),
+    )
     store.attach(InvalidationBus(store.redis))  # never subscribed: never trusted
     with pytest.raises(ServiceUnavailable):
         await store.is_revoked(jti=None, user_id=None, tenant_id="t", version=0)

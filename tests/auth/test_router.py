@@ -371,3 +371,41 @@ def test_jose_refuses_duplicate_claims():
     )
     with pytest.raises(jose.TokenError):
         jose.parse(token)
+
+
+class TestEmailForms:
+    """Login accepts any form of the address that was registered: one normalisation."""
+
+    @pytest.mark.parametrize(
+        "typed",
+        [
+            "alice@example.com",
+            "ALICE@Example.COM",
+            "  alice@example.com\t",
+            "\uff21lice@example.com",  # fullwidth A, as registered
+            "alice@example.com.",  # the root label's dot
+            "alice@\uff45xample.com",  # fullwidth e in the domain
+        ],
+    )
+    async def test_every_form_logs_in(self, client, tenant, typed):
+        registered = "\uff21lice@example.com"
+        r = await client.post(
+            "/api/v1/users",
+            json={"email": registered, "password": PASSWORD, "role": "member"},
+            headers=tenant.owner.headers,
+        )
+        assert r.status_code == 201, r.text
+        assert r.json()["email"] == "alice@example.com"
+        body = {"email": typed, "password": PASSWORD, "tenant": tenant.slug}
+        r = await client.post("/api/v1/auth/login", json=body)
+        assert r.status_code == 200, r.text
+        r = await client.post("/api/v1/sessions", json=body)
+        assert r.status_code == 201, r.text
+
+    async def test_an_address_that_cannot_be_normalised_is_refused_like_a_wrong_password(
+        self, client, tenant
+    ):
+        body = {"email": "not an address", "password": PASSWORD, "tenant": tenant.slug}
+        r = await client.post("/api/v1/auth/login", json=body)
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "invalid_credentials"

@@ -1,4 +1,4 @@
-"""The global per-IP limit over the whole API, and the per-IP login limit (slowapi)."""
+"""The global per-IP limit over the whole API, and the per-IP login limit."""
 
 from __future__ import annotations
 
@@ -29,14 +29,25 @@ async def test_global_limit_per_ip_with_error_shape(database):
             assert (await c.get("/.well-known/jwks.json")).status_code == 200
 
 
-async def test_login_limit_per_ip(database, client, monkeypatch):
-    from app.core.ratelimit import limiter
+async def test_login_limit_per_ip_belongs_to_its_app(database, client):
+    from app.main import create_app
 
-    monkeypatch.setattr(get_settings(), "login_rate_limit", "2/minute")
-    limiter.reset()
-    codes = []
-    for i in range(3):  # a different account each time: only the per-IP limit can trigger
-        body = {"email": f"n{i}@x.example", "password": "wrong-password-1", "tenant": "no-tenant"}
-        codes.append((await client.post("/api/v1/auth/login", json=body)).status_code)
-    limiter.reset()
-    assert codes == [401, 401, 429]
+    strict = create_app(get_settings().model_copy(update={"login_rate_limit": "2/minute"}))
+    async with strict.router.lifespan_context(strict):
+        transport = httpx.ASGITransport(app=strict, client=("10.9.8.7", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://warden.test") as c:
+            codes = []
+            for i in range(3):  # a different account each time: only the per-IP limit triggers
+                body = {"email": f"n{i}@x.example", "password": "wrong-1", "tenant": "no-tenant"}
+                r = await c.post("/api/v1/auth/login", json=body)
+                codes.append(r.status_code)
+            assert codes == [401, 401, 429]
+            assert r.json()["error"]["code"] == "rate_limited"
+            assert int(r.headers["retry-after"]) >= 1
+            for route in ("/api/v1/sessions", "/api/v1/auth/register"):  # one budget for all
+                assert (await c.post(route, json=body)).status_code == 429
+    # The suite's own app, in the same process, keeps its own (generous) limit: two apps never
+    # share a limiter by accident.
+    for i in range(3):
+        body = {"email": f"m{i}@x.example", "password": "wrong-1", "tenant": "no-tenant"}
+        assert (await client.post("/api/v1/auth/login", json=body)).status_code == 401

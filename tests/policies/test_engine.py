@@ -70,6 +70,9 @@ ADDRESS_CHARS = st.characters(
 )
 PARTS = st.text(ADDRESS_CHARS, min_size=1, max_size=16)
 ASCII_PARTS = st.text(string.ascii_letters + string.digits + ".-_+", min_size=1, max_size=16)
+# A domain of dots alone has no canonical form (the root label's dot is dropped): refused.
+DOMAINS = PARTS.filter(lambda d: d.strip("."))
+ASCII_DOMAINS = ASCII_PARTS.filter(lambda d: d.strip("."))
 
 
 # ====================================================================== email globs: attacks
@@ -271,7 +274,7 @@ class TestNormalizeEmail:
             min_size=1,
             max_size=20,
         ),
-        domain=PARTS,
+        domain=DOMAINS,
     )
     def test_idempotent(self, local: str, domain: str) -> None:
         try:
@@ -285,7 +288,7 @@ class TestEmailPatternProperties:
     @PROPERTY
     @given(
         local=PARTS,
-        domain=PARTS,
+        domain=DOMAINS,
         other=PARTS,
         variant=st.sampled_from(["same", "other", "sub", "suffix", "upper"]),
     )
@@ -310,7 +313,7 @@ class TestEmailPatternProperties:
         assert email_matches(pattern, email) is (email.split("@")[1] == literal_domain)
 
     @PROPERTY
-    @given(local=PARTS, domain=PARTS, other_local=PARTS, other_domain=PARTS)
+    @given(local=PARTS, domain=DOMAINS, other_local=PARTS, other_domain=DOMAINS)
     def test_pattern_without_wildcard_matches_only_itself(
         self, local: str, domain: str, other_local: str, other_domain: str
     ) -> None:
@@ -325,7 +328,7 @@ class TestEmailPatternProperties:
         assert email_matches(pattern, other) is (other == pattern)
 
     @PROPERTY
-    @given(local=ASCII_PARTS, domain=ASCII_PARTS)
+    @given(local=ASCII_PARTS, domain=ASCII_DOMAINS)
     def test_literal_pattern_is_case_insensitive(self, local: str, domain: str) -> None:
         address = f"{local}@{domain}"
         pattern = validate_email_pattern(address.upper())

@@ -205,7 +205,9 @@ class TestErasure:
         assert left is None
 
         # The trail keeps every event, under one stable pseudonym, with no email and no ip.
-        alias = pseudonym(runtime, uuid.UUID(tenant.id), uuid.UUID(member.id))
+        alias = pseudonym(
+            runtime.settings.warden_master_key[0], uuid.UUID(tenant.id), uuid.UUID(member.id)
+        )
         assert re.fullmatch(r"erased:[0-9a-f]{16}", alias)
         trail = await events(runtime, tenant.id)
         assert not [e for e in trail if e.actor_id == member.id]
@@ -234,7 +236,9 @@ class TestErasure:
         assert (await client.delete(ME, headers=promoted.headers)).status_code == 204
         async with scoped(runtime, tenant.id) as session:
             keys = (await session.execute(select(ApiKey))).scalars().all()
-        promoted_alias = pseudonym(runtime, uuid.UUID(tenant.id), uuid.UUID(promoted.id))
+        promoted_alias = pseudonym(
+            runtime.settings.warden_master_key[0], uuid.UUID(tenant.id), uuid.UUID(promoted.id)
+        )
         assert {k.name: k.created_by for k in keys} == {
             "k": tenant.owner.id,
             "made-by-leaver": promoted_alias,
@@ -259,10 +263,10 @@ class TestPseudonym:
     )
     def test_stable_per_user_and_scoped_per_tenant(self, runtime, user_id):
         tenant_a, tenant_b = uuid.uuid4(), uuid.uuid4()
-        first = pseudonym(runtime, tenant_a, user_id)
-        assert first == pseudonym(runtime, tenant_a, user_id)
-        assert first != pseudonym(runtime, tenant_b, user_id)
-        assert first != pseudonym(runtime, tenant_a, uuid.uuid4())
+        first = pseudonym(runtime.settings.warden_master_key[0], tenant_a, user_id)
+        assert first == pseudonym(runtime.settings.warden_master_key[0], tenant_a, user_id)
+        assert first != pseudonym(runtime.settings.warden_master_key[0], tenant_b, user_id)
+        assert first != pseudonym(runtime.settings.warden_master_key[0], tenant_a, uuid.uuid4())
         assert str(user_id) not in first
 
 
@@ -276,7 +280,9 @@ class TestErasedRowsStayAccountable:
         r = await client.post(f"/api/v1/endpoints/{ep['slug']}/query", headers=member.headers)
         assert r.status_code == 200
         assert (await client.delete(ME, headers=member.headers)).status_code == 204
-        alias = pseudonym(runtime, uuid.UUID(tenant.id), uuid.UUID(member.id))
+        alias = pseudonym(
+            runtime.settings.warden_master_key[0], uuid.UUID(tenant.id), uuid.UUID(member.id)
+        )
         (erasure,) = await events(runtime, tenant.id, "privacy.erased")
         assert erasure.details["events"] == 2  # the login and the query
         return alias, erasure

@@ -37,7 +37,15 @@ async def _custom_app(**settings: Any) -> AsyncIterator[httpx.AsyncClient]:
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application, client=(random_ip(), 40000))
         async with httpx.AsyncClient(transport=transport, base_url="http://dev.test") as c:
+            c.application = application  # type: ignore[attr-defined]
             yield c
+
+
+async def _post_from_elsewhere(c: httpx.AsyncClient, url: str, **kwargs: Any) -> httpx.Response:
+    """The same request from another client address (so only per-account limits couple)."""
+    transport = httpx.ASGITransport(app=c.application, client=(random_ip(), 40000))  # type: ignore[attr-defined]
+    async with httpx.AsyncClient(transport=transport, base_url="http://dev.test") as other:
+        return await other.post(url, **kwargs)
 
 
 async def _me(client, login, **kwargs):
@@ -91,13 +99,13 @@ class TestLoginAttacks:
                 "password": "wrong-password",
                 "tenant": handle.slug,
             }
-            r = await c.post("/api/v1/auth/login", json=wrong)
+            r = await _post_from_elsewhere(c, "/api/v1/auth/login", json=wrong)
             assert r.status_code == 401
-            r = await c.post("/api/v1/sessions", json=wrong)
+            r = await _post_from_elsewhere(c, "/api/v1/sessions", json=wrong)
             assert r.status_code == 401
             # One budget per account across /auth/login and /sessions: it is spent.
             right = {**wrong, "password": PASSWORD}
-            r = await c.post("/api/v1/sessions", json=right)
+            r = await _post_from_elsewhere(c, "/api/v1/sessions", json=right)
             assert r.status_code == 429
             assert r.json()["error"]["code"] == "rate_limited"
             assert "set-cookie" not in r.headers

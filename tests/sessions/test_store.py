@@ -12,6 +12,7 @@ from app.core.db import set_session_tenant
 from app.core.errors import ServiceUnavailable
 from app.credentials.browser import SessionStore
 from app.credentials.models import BrowserSession
+from app.users.service import session_holder_loader
 from tests.sessions.conftest import browser_login
 from tests.support.servers import free_port
 from tests.support.services import REDIS, needs_redis
@@ -34,7 +35,7 @@ class TestRedisDown:
     async def test_lookup_and_revocation_fail_closed(self, client, tenant, runtime):
         login = await browser_login(client, tenant)
         dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
-        store = SessionStore(runtime.sessionmaker, dead, runtime.settings)
+        store = SessionStore(runtime.sessionmaker, dead, session_holder_loader(runtime.settings))
         try:
             with pytest.raises(ServiceUnavailable):
                 await store.lookup(_hash(login.cookie))
@@ -57,7 +58,10 @@ class TestRedisRecords:
     @pytest.fixture
     async def store(self, runtime):
         redis = Redis.from_url(REDIS)
-        yield SessionStore(runtime.sessionmaker, redis, runtime.settings), redis
+        yield (
+            SessionStore(runtime.sessionmaker, redis, session_holder_loader(runtime.settings)),
+            redis,
+        )
         await redis.aclose()
 
     async def test_record_ttl_is_the_remaining_lifetime(self, client, tenant, store):

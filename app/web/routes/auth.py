@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Response, status
 
 from app.auth import service
 from app.auth.schemas import (
-    LoginRequest,
     LogoutRequest,
     MeResponse,
     RefreshRequest,
@@ -16,40 +15,44 @@ from app.auth.schemas import (
     RegisterResponse,
     TokenResponse,
 )
-from app.core.ratelimit import limiter, login_limit
 from app.tenants.schemas import TenantPublic
-from app.users.schemas import UserPublic
-from app.web.deps import CurrentPrincipal, DbSession, RuntimeDep, TenantSession
+from app.users.schemas import LoginRequest, UserPublic
+from app.web.deps import CurrentPrincipal, DbSession, LoginAttempt, RuntimeDep, TenantSession
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 well_known = APIRouter(tags=["issuer"])
 
 
-@router.post("/register", status_code=status.HTTP_201_CREATED, response_model=RegisterResponse)
-@limiter.limit(login_limit)
+@router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RegisterResponse,
+    dependencies=[LoginAttempt],
+)
 async def register(
-    request: Request, body: RegisterRequest, session: DbSession, runtime: RuntimeDep
+    body: RegisterRequest, session: DbSession, runtime: RuntimeDep
 ) -> RegisterResponse:
     """Self-service sign-up: creates the tenant and its owner."""
-    tenant, user = await service.register(session, runtime, body)
+    tenant, user = await service.register(session, runtime.settings, body)
     return RegisterResponse(
         tenant=TenantPublic.model_validate(tenant), user=UserPublic.model_validate(user)
     )
 
 
-@router.post("/login", response_model=TokenResponse)
-@limiter.limit(login_limit)
-async def login(
-    request: Request, body: LoginRequest, session: DbSession, runtime: RuntimeDep
-) -> TokenResponse:
+@router.post("/login", response_model=TokenResponse, dependencies=[LoginAttempt])
+async def login(body: LoginRequest, session: DbSession, runtime: RuntimeDep) -> TokenResponse:
     """Exchange email + password for an access token and a refresh token."""
-    return await service.login(session, runtime, body)
+    return await service.login(
+        session, runtime.tokens, runtime.limiter, runtime.audit, runtime.settings, body
+    )
 
 
 @router.post("/refresh", response_model=TokenResponse)
 async def refresh(body: RefreshRequest, session: DbSession, runtime: RuntimeDep) -> TokenResponse:
     """Rotate a refresh token (a reused one revokes its whole family)."""
-    return await service.refresh(session, runtime, body.refresh_token)
+    return await service.refresh(
+        session, runtime.tokens, runtime.audit, runtime.settings, body.refresh_token
+    )
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
@@ -57,7 +60,7 @@ async def logout(
     body: LogoutRequest, principal: CurrentPrincipal, session: TenantSession, runtime: RuntimeDep
 ) -> Response:
     """End the session: the refresh family dies and this access token is refused from now on."""
-    await service.logout(session, runtime, principal, body.refresh_token)
+    await service.logout(session, runtime.revocations, principal, body.refresh_token)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -48,5 +48,12 @@ async def export_me(
 @router.delete("", status_code=status.HTTP_204_NO_CONTENT)
 async def erase_me(principal: LocalUser, session: TenantSession, runtime: RuntimeDep) -> Response:
     """Erase the caller's account; their audit events keep a pseudonym (409 for the last owner)."""
-    await service.erase_me(session, runtime, principal)
+    await service.erase_me(
+        session,
+        runtime.audit,
+        runtime.revocations,
+        runtime.sessions,
+        runtime.settings.warden_master_key[0],
+        principal,
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -19,9 +19,8 @@ from app.browser_sessions.schemas import (
 from app.core.config import Settings
 from app.core.identity import Principal
 from app.core.pagination import Page, PageParams, page_params
-from app.core.ratelimit import limiter, login_limit
 from app.web.authenticate import Mode
-from app.web.deps import DbSession, RuntimeDep, TenantSession, ViewerPrincipal
+from app.web.deps import DbSession, LoginAttempt, RuntimeDep, TenantSession, ViewerPrincipal
 
 router = APIRouter(prefix="/sessions", tags=["browser sessions"])
 internal_router = APIRouter(prefix="/internal/v1/sessions", tags=["session exchange"])
@@ -60,8 +59,12 @@ def _clear_cookies(response: Response, settings: Settings) -> None:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionCreated)
-@limiter.limit(login_limit)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SessionCreated,
+    dependencies=[LoginAttempt],
+)
 async def create_session(
     request: Request,
     response: Response,
@@ -70,7 +73,9 @@ async def create_session(
     runtime: RuntimeDep,
 ) -> SessionCreated:
     """Log a browser in: an HttpOnly session cookie and a CSRF token; never a JWT."""
-    new = await service.create_session(session, runtime, body, request.headers.get("origin"))
+    new = await service.create_session(
+        session, runtime.browser, body, request.headers.get("origin")
+    )
     _set_cookies(response, runtime.settings, new)
     return SessionCreated(session=SessionInfo.model_validate(new.row), csrf_token=new.csrf_token)
 
@@ -83,7 +88,7 @@ async def list_sessions(
     params: PageParams = Depends(page_params),
 ) -> Page[SessionPublic]:
     """The caller's live browser sessions (`current` marks the one making this request)."""
-    items, cursor = await service.list_sessions(session, runtime, principal, params)
+    items, cursor = await service.list_sessions(session, runtime.browser, principal, params)
     return Page(items=items, next_cursor=cursor)
 
 
@@ -92,7 +97,7 @@ async def logout(
     principal: ViewerPrincipal, session: TenantSession, runtime: RuntimeDep
 ) -> Response:
     """Log out: revoke this session and clear both cookies."""
-    await service.revoke_current(session, runtime, principal)
+    await service.revoke_current(session, runtime.browser, principal)
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
     _clear_cookies(response, runtime.settings)
     return response
@@ -103,7 +108,7 @@ async def revoke_session(
     session_id: uuid.UUID, principal: ViewerPrincipal, session: TenantSession, runtime: RuntimeDep
 ) -> Response:
     """Revoke one of the caller's sessions (another user's is a 404)."""
-    await service.revoke_session(session, runtime, principal, session_id)
+    await service.revoke_session(session, runtime.browser, principal, session_id)
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
     if str(session_id) == principal.session_id:
         _clear_cookies(response, runtime.settings)
@@ -123,4 +128,4 @@ async def exchange(
     body: ExchangeRequest, caller: ServicePrincipal, session: DbSession, runtime: RuntimeDep
 ) -> ExchangeResponse:
     """East-west only: a live session (the cookie's value) → an access token and its claims."""
-    return await service.exchange(session, runtime, caller, body.session_id)
+    return await service.exchange(session, runtime.browser, caller, body.session_id)

@@ -30,5 +30,5 @@ async def delete_tenant(
     principal: OwnerPrincipal, session: TenantSession, runtime: RuntimeDep
 ) -> Response:
     """Delete the tenant and everything it owns (owner only)."""
-    await service.delete_tenant(session, runtime, principal)
+    await service.delete_tenant(session, runtime.revocations, principal)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

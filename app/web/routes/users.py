@@ -7,7 +7,7 @@ import uuid
 from fastapi import APIRouter, Depends, Response, status
 
 from app.core.pagination import Page, PageParams, page_params
-from app.users import repository, service
+from app.users import service
 from app.users.schemas import UserCreate, UserPublic, UserUpdate
 from app.web.deps import AdminPrincipal, RuntimeDep, TenantSession
 
@@ -36,7 +36,7 @@ async def get_user(
     user_id: uuid.UUID, principal: AdminPrincipal, session: TenantSession
 ) -> UserPublic:
     """One user of the tenant."""
-    return UserPublic.model_validate(await repository.get_user(session, user_id))
+    return UserPublic.model_validate(await service.get_user(session, user_id))
 
 
 @router.patch("/{user_id}", response_model=UserPublic)
@@ -48,7 +48,9 @@ async def update_user(
     runtime: RuntimeDep,
 ) -> UserPublic:
     """Change role, activation or password; the user's tokens are revoked."""
-    user = await service.update_user(session, runtime, principal, user_id, body)
+    user = await service.update_user(
+        session, runtime.revocations, runtime.sessions, principal, user_id, body
+    )
     return UserPublic.model_validate(user)
 
 
@@ -57,5 +59,5 @@ async def delete_user(
     user_id: uuid.UUID, principal: AdminPrincipal, session: TenantSession, runtime: RuntimeDep
 ) -> Response:
     """Remove a user (never the last owner)."""
-    await service.delete_user(session, runtime, principal, user_id)
+    await service.delete_user(session, runtime.revocations, runtime.sessions, principal, user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
