@@ -27,6 +27,7 @@ from app.core.crypto import KeyRing
 from app.core.db import make_engine
 from app.core.invalidation import InvalidationBus
 from app.core.ratelimit import AsyncLimiter
+from app.core.redis import make_redis
 from app.issuers.satellite import SatelliteVerifier
 from app.sessions.store import SessionStore
 
@@ -73,10 +74,10 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         """Create (not yet start) the runtime for these settings."""
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, settings)
         sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
         master = KeyRing.from_settings(settings.warden_master_key)
-        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        redis = make_redis(settings)
         publish_for = timedelta(
             seconds=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60
         )
@@ -88,7 +89,7 @@ class Runtime:
             redis=redis,
             keyring=SigningKeyring(sessionmaker, master, publish_for),
             revocations=RevocationStore(redis),
-            limiter=AsyncLimiter(settings.redis_url, redis),
+            limiter=AsyncLimiter(settings.redis_url, redis, timeout=settings.redis_timeout_seconds),
             audit=AuditWriter(sessionmaker, settings.audit_flush_interval_ms),
             bus=InvalidationBus(redis),
             http=httpx.AsyncClient(

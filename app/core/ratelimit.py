@@ -25,7 +25,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.config import get_settings
 from app.core.context import current_request
-from app.core.errors import ServiceUnavailable, error_response
+from app.core.errors import RedisUnavailable, ServiceUnavailable, error_response
+from app.core.redis import redis_options, sync_redis_options
 
 log = structlog.get_logger("warden.ratelimit")
 
@@ -43,12 +44,19 @@ def _sync_storage_uri() -> str:
     return get_settings().redis_url or "memory://"
 
 
+def _sync_storage_options() -> dict[str, Any]:
+    # slowapi's Redis calls block the event loop: bounded like every other Redis call.
+    settings = get_settings()
+    return sync_redis_options(settings.redis_timeout_seconds) if settings.redis_url else {}
+
+
 # slowapi enforces the per-IP login/registration limit (decorator on those routes). The global
 # per-IP limit is `GlobalRateLimitMiddleware` below: slowapi's middleware resolved the route on
 # every request (+0.12 ms, a fifth of a warm decision) and makes a blocking Redis call.
 limiter = Limiter(
     key_func=_ip_key,
     storage_uri=_sync_storage_uri(),
+    storage_options=_sync_storage_options(),
     strategy="fixed-window",
     key_prefix="warden-slowapi",
     headers_enabled=False,
@@ -275,14 +283,19 @@ class AsyncLimiter:
 
     KEY_CACHE_SIZE = 50_000
 
-    def __init__(self, redis_url: str | None, redis: Redis | None = None) -> None:
+    def __init__(
+        self, redis_url: str | None, redis: Redis | None = None, *, timeout: float = 0.5
+    ) -> None:
         self.distributed = redis_url is not None
         self.storage: Storage
         self.shared_windows: SharedFixedWindows | None = None
         if redis_url:
             uri = redis_url if redis_url.startswith("async+") else "async+" + redis_url
-            self.storage = cast(Storage, storage_from_string(uri, implementation="redispy"))
-            self.shared_windows = SharedFixedWindows(redis or Redis.from_url(redis_url))
+            options = redis_options(timeout)  # `timeout`: REDIS_TIMEOUT_SECONDS
+            self.storage = cast(
+                Storage, storage_from_string(uri, implementation="redispy", **options)
+            )
+            self.shared_windows = SharedFixedWindows(redis or Redis.from_url(redis_url, **options))
         else:
             self.storage = MovingWindowMemoryStorage()
         self.moving = cast(MovingWindowSupport, self.storage)
@@ -351,8 +364,10 @@ class AsyncLimiter:
 
 
 def _unavailable(exc: Exception) -> ServiceUnavailable:
-    log.error("rate_limit_store_unavailable", error=type(exc).__name__)
-    return ServiceUnavailable("The rate-limit store is unavailable.")
+    # Logged once, where the refusal is rendered (`app_error_response`).
+    refusal = RedisUnavailable("The rate-limit store is unavailable.")
+    refusal.__cause__ = exc
+    return refusal
 
 
 def parse_limit(text: str) -> RateLimitItem:
@@ -379,7 +394,8 @@ class GlobalRateLimitMiddleware:
         try:
             state = await runtime.limiter.hit_fixed(self.item, "global", ctx.ip or "unknown")
         except ServiceUnavailable as exc:
-            await _send_error(send, 503, exc.code, exc.message, ctx.request_id, {})
+            log.warning("dependency_unavailable", code=exc.code, status=503, path=scope.get("path"))
+            await _send_error(send, 503, exc.code, exc.message, ctx.request_id, exc.headers)
             return
         if not state.allowed:
             log.info("rate_limited", scope="ip", path=scope.get("path"))
