@@ -141,10 +141,9 @@ class PostgresCluster:
         subprocess.run(command, check=True, capture_output=True, timeout=60)
 
     def start(self) -> None:
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.datadir} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off"
-        )
+        # fsync off: only the server process is killed, never the machine, so the page cache
+        # keeps every commit (synchronous_commit must stay on: a crash would lose the last ones).
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.datadir} -c fsync=off"
         log = os.path.join(self.datadir, "server.log")
         self._run("pg_ctl", "-D", self.datadir, "-o", options, "-l", log, "-w", "start")
 
