@@ -178,7 +178,6 @@ class RevocationStore:
             try:
                 values = await self.redis.mget([_PREFIX + s for s in subjects])
             except Exception as exc:
-                log.error("revocation_store_unavailable", error=type(exc).__name__)
                 raise ServiceUnavailable("The revocation store is unavailable.") from exc
             found = dict(zip(subjects, values, strict=True))
             lookup = {s: int(v) for s, v in found.items() if v is not None}

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from app.core.config import get_settings
-from tests.conftest import PASSWORD, TenantHandle, make_tenant, random_ip
+from tests.conftest import PASSWORD, TenantHandle, make_endpoint, make_tenant, random_ip
 from tests.faults.services import PostgresCluster, postgres_cluster
 
 
@@ -57,14 +57,20 @@ async def timed(request: Any) -> tuple[httpx.Response, float]:
     return response, time.monotonic() - started
 
 
-async def assert_refused(client: httpx.AsyncClient, tenant: TenantHandle, bound: float) -> None:
-    """Admin read, admin write and login: each a quick 503 naming the database."""
+async def assert_refused(
+    client: httpx.AsyncClient, tenant: TenantHandle, endpoint: str, bound: float
+) -> None:
+    """Admin read, admin write, login and a cold decision (the hot path, never decided before,
+    so nothing is cached): each a bounded 503 naming the database."""
     user = {"email": f"new@{tenant.slug}.example", "password": PASSWORD, "role": "member"}
     login = {"email": tenant.owner.email, "password": PASSWORD, "tenant": tenant.slug}
     requests = {
         "admin read": client.get("/api/v1/users", headers=tenant.owner.headers),
         "admin write": client.post("/api/v1/users", json=user, headers=tenant.owner.headers),
         "login": client.post("/api/v1/auth/login", json=login),
+        "cold decision": client.post(
+            "/api/v1/authz/check", json={"endpoint": endpoint}, headers=tenant.owner.headers
+        ),
     }
     for name, request in requests.items():
         r, took = await timed(request)
@@ -95,17 +101,18 @@ async def assert_recovered(client: httpx.AsyncClient, tenant: TenantHandle) -> N
 async def test_database_killed_then_frozen(warden: Any, cluster: PostgresCluster) -> None:
     async with client_for(warden) as client:
         tenant = await make_tenant(client)
+        endpoint = (await make_endpoint(tenant))["slug"]
         assert (await client.get("/api/v1/users", headers=tenant.owner.headers)).status_code == 200
 
         cluster.kill()  # connections reset, new ones refused: refused at once
-        await assert_refused(client, tenant, bound=1.5)
+        await assert_refused(client, tenant, endpoint, bound=1.5)
         cluster.start()
         await assert_recovered(client, tenant)
 
         cluster.freeze()  # nothing answers: refused within the configured bounds
         try:
             # client grace (statement 1 s + 1 s) for a pooled connection, + connect (2 s)
-            await assert_refused(client, tenant, bound=6.0)
+            await assert_refused(client, tenant, endpoint, bound=6.0)
         finally:
             cluster.thaw()
         await assert_recovered(client, tenant)
