@@ -33,11 +33,30 @@ async def _database(engine: AsyncEngine) -> None:
         await conn.execute(text("SELECT 1"))
 
 
+# Probes given up on, cancelled but not awaited (kept referenced until they have unwound).
+_abandoned: set[asyncio.Task[object]] = set()
+
+
+def _forget(task: asyncio.Task[object]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a late failure is not "never retrieved" noise
+
+
 async def _probe(name: str, check: Awaitable[object]) -> str:
-    try:
-        await asyncio.wait_for(check, PROBE_TIMEOUT_SECONDS)
-    except Exception as exc:  # TimeoutError included: any failure means not ready
-        log.warning("dependency_unavailable", dependency=name, error=type(exc).__name__)
+    task = asyncio.ensure_future(check)
+    # Not `wait_for`: it waits for the cancelled probe to unwind, and a driver may take its time
+    # doing so (psycopg tries to cancel the statement on the server for up to 5 s).
+    done, _ = await asyncio.wait({task}, timeout=PROBE_TIMEOUT_SECONDS)
+    if not done:
+        task.cancel()
+        _abandoned.add(task)
+        task.add_done_callback(_forget)
+        log.warning("dependency_unavailable", dependency=name, error="TimeoutError")
+        return "unavailable"
+    if task.exception() is not None:
+        error = type(task.exception()).__name__
+        log.warning("dependency_unavailable", dependency=name, error=error)
         return "unavailable"
     return "ok"
 

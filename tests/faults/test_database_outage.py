@@ -111,6 +111,10 @@ async def test_database_killed_then_frozen(warden: Any, cluster: PostgresCluster
 
         cluster.freeze()  # nothing answers: refused within the configured bounds
         try:
+            # First, with idle pooled connections whose ping will never be answered.
+            r, took = await timed(client.get("/ready"))
+            assert r.status_code == 503, r.text
+            assert took < 1.5, f"/ready took {took:.2f}s"
             # client grace (statement 1 s + 1 s) for a pooled connection, + connect (2 s)
             await assert_refused(client, tenant, endpoint, bound=6.0)
         finally:
