@@ -13,8 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import exc as sa_errors
+from sqlalchemy import text
 
 from app.core.config import get_settings
+from app.core.errors import DatabaseUnavailable, outage_of
 from tests.conftest import PASSWORD, TenantHandle, make_endpoint, make_tenant, random_ip
 from tests.faults.services import PostgresCluster, postgres_cluster
 
@@ -96,6 +99,15 @@ async def assert_recovered(client: httpx.AsyncClient, tenant: TenantHandle) -> N
         await asyncio.sleep(0.2)
     assert (await client.get("/ready")).status_code == 200
     await tenant.login(tenant.owner.email)
+
+
+async def test_engine_bounds_statements(warden: Any) -> None:
+    """Every connection carries the server-side statement timeout from the settings."""
+    async with warden.state.runtime.engine.connect() as conn:
+        assert (await conn.execute(text("SHOW statement_timeout"))).scalar() == "1s"
+        with pytest.raises(sa_errors.OperationalError) as cancelled:
+            await conn.execute(text("SELECT pg_sleep(3)"))
+    assert isinstance(outage_of(cancelled.value), DatabaseUnavailable)
 
 
 async def test_database_killed_then_frozen(warden: Any, cluster: PostgresCluster) -> None:
