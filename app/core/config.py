@@ -80,6 +80,18 @@ class Settings(BaseSettings):
     # every other address, are unaffected).
     api_key_miss_budget: int = Field(default=30, ge=1, le=100_000)
     audit_retention_days: int = Field(default=90, ge=1)
+    # Every dependency call is bounded, so a frozen database or Redis turns into a 503 with
+    # Retry-After instead of a hung request. Redis: socket connect and read/write timeout of
+    # every client (each call makes at most two attempts).
+    redis_timeout_seconds: float = Field(default=0.5, gt=0, le=30)
+    # PostgreSQL: opening a connection (libpq counts whole seconds, at least 2), a statement
+    # (the server cancels it; the client gives up one second later if the server cannot answer),
+    # and waiting for a free pooled connection.
+    database_connect_timeout_seconds: int = Field(default=3, ge=1, le=300)
+    database_statement_timeout_seconds: float = Field(default=5.0, gt=0, le=3600)
+    database_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    # SQLite: how long a statement waits for another writer's lock.
+    database_busy_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # `auto`: readable lines when stdout is a terminal, JSON otherwise (see app.core.logging).
     log_format: Literal["auto", "json", "console"] = "auto"

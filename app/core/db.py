@@ -14,6 +14,9 @@ from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from typing import Any, cast
 
+import psycopg
+import psycopg.connection_async
+import psycopg.errors
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
@@ -21,6 +24,8 @@ from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.util import find_tables
 from sqlmodel import SQLModel
+
+from app.core.config import Settings, get_settings
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -61,15 +66,18 @@ def sync_url(raw: str) -> URL:
     return url
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # pysqlite's own transaction handling defers BEGIN; we issue it ourselves (see below).
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+def _sqlite_pragmas(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+    def install(dbapi_connection: Any, _record: Any) -> None:
+        # pysqlite's own transaction handling defers BEGIN; we issue it ourselves (see below).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms:d}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return install
 
 
 def _sqlite_begin(conn: Any) -> None:
@@ -78,20 +86,76 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def configure_sqlite(engine: Engine) -> None:
+def configure_sqlite(engine: Engine, busy_timeout_seconds: float = 30.0) -> None:
     """Install the pragmas and locking discipline SQLite needs for concurrent writers."""
-    event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "connect", _sqlite_pragmas(int(busy_timeout_seconds * 1000)))
     event.listen(engine, "begin", _sqlite_begin)
 
 
-def make_engine(database_url: str) -> AsyncEngine:
-    """Create the async engine for a database URL."""
+# The client's own deadline beyond the server's statement timeout: a server that is alive
+# cancels the statement itself; one that cannot answer (frozen, partitioned) is given up on.
+CLIENT_GRACE_SECONDS = 1.0
+
+
+_WAIT_INTERVAL: float = psycopg.connection_async._WAIT_INTERVAL
+
+
+class BoundedConnection(psycopg.AsyncConnection[Any]):
+    """A psycopg connection whose every round trip (queries, commit, rollback, the pool's
+    ping) gives up after `io_timeout` seconds. `statement_timeout` only works while the server
+    can run; a frozen server (or a silent network) would otherwise hold the request, the pooled
+    connection and the pool slot forever. A connection that timed out is closed: its state is
+    unknown, and a closed connection tells the pool to discard it."""
+
+    io_timeout: float | None = None
+
+    async def wait(
+        self,
+        gen: Any,
+        interval: float = _WAIT_INTERVAL,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Any:
+        try:
+            return await super().wait(gen, interval, timeout or self.io_timeout)
+        except psycopg.errors._WaitTimeout:
+            self.pgconn.finish()
+            raise psycopg.OperationalError("the database did not answer in time") from None
+
+
+def _bounded_connect(io_timeout: float) -> Callable[..., Awaitable[BoundedConnection]]:
+    async def connect(*args: Any, **kwargs: Any) -> BoundedConnection:
+        conn = await BoundedConnection.connect(*args, **kwargs)
+        conn.io_timeout = io_timeout
+        return conn
+
+    return connect
+
+
+def make_engine(database_url: str, settings: Settings | None = None) -> AsyncEngine:
+    """Create the async engine for a database URL, every database call bounded by the
+    settings' timeouts (connect, statement, pool wait)."""
+    settings = settings or get_settings()
     url = async_url(database_url)
     if url.get_backend_name() == "sqlite":
-        engine = create_async_engine(url, connect_args={"timeout": 30})
-        configure_sqlite(engine.sync_engine)
+        busy = settings.database_busy_timeout_seconds
+        engine = create_async_engine(url, connect_args={"timeout": busy})
+        configure_sqlite(engine.sync_engine, busy)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    statement_ms = max(1, round(settings.database_statement_timeout_seconds * 1000))
+    return create_async_engine(
+        url,
+        pool_size=10,
+        max_overflow=20,
+        pool_pre_ping=True,
+        pool_timeout=settings.database_pool_timeout_seconds,
+        connect_args={
+            "connect_timeout": settings.database_connect_timeout_seconds,
+            "options": f"-c statement_timeout={statement_ms}",
+            "async_creator_fn": _bounded_connect(
+                settings.database_statement_timeout_seconds + CLIENT_GRACE_SECONDS
+            ),
+        },
+    )
 
 
 POST_COMMIT = "post_commit"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
+import psycopg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis import exceptions as redis_errors
+from sqlalchemy import exc as sa_errors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = structlog.get_logger("warden.errors")
@@ -105,12 +109,77 @@ class UpstreamTimeout(AppError):
     message = "The upstream service did not answer in time."
 
 
+# Seconds a client is told to wait before retrying a request refused for an outage.
+RETRY_AFTER_SECONDS = 5
+
+
 class ServiceUnavailable(AppError):
-    """A dependency needed to decide is unavailable; we fail closed."""
+    """A dependency needed to decide is unavailable; we fail closed. Always with `Retry-After`;
+    raised `from` a Redis or database connection error, its code names that dependency."""
 
     status_code = 503
     code = "service_unavailable"
     message = "A required service is unavailable."
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database cannot be reached or did not answer in time."""
+
+    code = "database_unavailable"
+    message = "The database is unavailable; try again shortly."
+
+
+class RedisUnavailable(ServiceUnavailable):
+    """Redis cannot be reached or did not answer in time."""
+
+    code = "redis_unavailable"
+    message = "Redis is unavailable; try again shortly."
+
+
+# SQLite reports a missing table and a locked database with the same exception class: only
+# these messages are the database being unavailable rather than a bug.
+_SQLITE_OUTAGES = ("locked", "busy", "unable to open", "disk i/o", "readonly", "disk is full")
+# Connection-level driver errors: the server is down, refused us, dropped us or did not answer.
+# IntegrityError, ProgrammingError, DataError & co. are bugs or bad input, not outages.
+_DB_DRIVER_OUTAGES = (psycopg.OperationalError, psycopg.InterfaceError)
+_REDIS_OUTAGES = (redis_errors.ConnectionError, redis_errors.TimeoutError)
+_OUTAGE_CODES = frozenset({"database_unavailable", "redis_unavailable"})
+
+
+def _database_outage(exc: BaseException) -> bool:
+    if isinstance(exc, sa_errors.TimeoutError):  # no pooled connection came free in time
+        return True
+    if isinstance(exc, sa_errors.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        if not isinstance(exc, (sa_errors.OperationalError, sa_errors.InterfaceError)):
+            return False
+        exc = exc.orig if exc.orig is not None else exc
+    if isinstance(exc, sqlite3.Error):
+        return isinstance(exc, sqlite3.OperationalError) and any(
+            marker in str(exc).lower() for marker in _SQLITE_OUTAGES
+        )
+    return isinstance(exc, (*_DB_DRIVER_OUTAGES, sa_errors.OperationalError))
+
+
+def outage_of(exc: BaseException | None) -> ServiceUnavailable | None:
+    """The 503 for an exception caused by a dependency being down (database or Redis, found
+    anywhere in its cause chain), or None when it is something else (a bug stays a 500)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, DatabaseUnavailable | RedisUnavailable):
+            return exc
+        if isinstance(exc, _REDIS_OUTAGES):
+            return RedisUnavailable()
+        if _database_outage(exc):
+            return DatabaseUnavailable()
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
 
 
 def request_id_of(request: Request) -> str | None:
@@ -139,9 +208,42 @@ def error_response(
 
 def app_error_response(request: Request, exc: AppError) -> JSONResponse:
     """The response of an `AppError` (also used by the hot path, which has no handlers)."""
+    code = exc.code
+    if isinstance(exc, ServiceUnavailable):
+        named = outage_of(exc.__cause__)
+        if named is not None and code == ServiceUnavailable.code:
+            code = named.code  # a store's generic refusal raised from a connection error
+        if code in _OUTAGE_CODES:
+            _log_outage(request, code, exc.__cause__ or exc)
+            return _render(request, exc, code)
     if exc.status_code >= 500:
-        log.warning("request_failed", code=exc.code, status=exc.status_code)
-    return error_response(request, exc.status_code, exc.code, exc.message, exc.headers, exc.details)
+        log.warning("request_failed", code=code, status=exc.status_code)
+    return _render(request, exc, code)
+
+
+def _render(request: Request, exc: AppError, code: str) -> JSONResponse:
+    return error_response(request, exc.status_code, code, exc.message, exc.headers, exc.details)
+
+
+def _log_outage(request: Request, code: str, cause: BaseException) -> None:
+    """One line per refused request: which dependency, what failed; no traceback."""
+    log.warning(
+        "dependency_unavailable",
+        code=code,
+        status=503,
+        path=request.url.path,
+        error=type(cause).__name__,
+        detail=str(cause)[:200],
+    )
+
+
+def outage_response(request: Request, exc: BaseException) -> JSONResponse | None:
+    """The 503 for an exception caused by an unavailable dependency, else None."""
+    outage = outage_of(exc)
+    if outage is None:
+        return None
+    _log_outage(request, outage.code, exc)
+    return _render(request, outage, outage.code)
 
 
 def validation_error_response(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -152,7 +254,12 @@ def validation_error_response(request: Request, exc: RequestValidationError) -> 
 
 
 def internal_error_response(request: Request, exc: Exception) -> JSONResponse:
-    """500 for a bug: logged with its traceback, never shown to the client."""
+    """500 for a bug: logged with its traceback, never shown to the client. An unexpected
+    exception caused by a dependency outage (database or Redis unreachable, frozen, timed out)
+    is no bug: it is a 503 with `Retry-After`, logged in one line."""
+    outage = outage_response(request, exc)
+    if outage is not None:
+        return outage
     log.error("unhandled_error", exc_info=exc)
     return error_response(request, 500, "internal_error", "Internal server error.")
 
@@ -190,6 +297,23 @@ def install_error_handlers(app: FastAPI) -> None:
         message = str(exc.detail) if exc.detail else "Error."
         headers = dict(exc.headers) if exc.headers else None
         return error_response(request, exc.status_code, code, message, headers)
+
+    async def _outage(request: Request, exc: Exception) -> JSONResponse:
+        response = outage_response(request, exc)
+        if response is None:
+            raise exc  # not an outage (a constraint, a bug): the 500 below, as before
+        return response
+
+    # Registered by type, so they are handled inside the app (a response, the connection kept)
+    # rather than by the last-resort handler, which re-raises to the server.
+    for outage_type in (
+        sa_errors.OperationalError,
+        sa_errors.InterfaceError,
+        sa_errors.TimeoutError,
+        *_DB_DRIVER_OUTAGES,
+        *_REDIS_OUTAGES,
+    ):
+        app.add_exception_handler(outage_type, _outage)
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:

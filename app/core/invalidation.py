@@ -28,6 +28,10 @@ class InvalidationBus:
     """Publishes and receives `topic|key` invalidations."""
 
     HEARTBEAT_SECONDS = 0.25
+    POLL_SECONDS = 1.0
+    # Our own heartbeat comes back every HEARTBEAT_SECONDS: a subscription silent this long is a
+    # dead connection or a frozen Redis, and is opened again.
+    SILENCE_SECONDS = 5.0
 
     def __init__(self, redis: Redis | None) -> None:
         self.redis = redis
@@ -100,7 +104,16 @@ class InvalidationBus:
                     await pubsub.subscribe(CHANNEL)
                     self._clear_all()
                     self.ready.set()
-                    async for message in pubsub.listen():
+                    heard = time.monotonic()
+                    while True:
+                        # An explicit read timeout: the client's socket timeout bounds commands
+                        # (REDIS_TIMEOUT_SECONDS), not the silences of a subscription.
+                        message = await pubsub.get_message(timeout=self.POLL_SECONDS)
+                        if message is None:
+                            if time.monotonic() - heard > self.SILENCE_SECONDS:
+                                raise TimeoutError("the subscription went silent")
+                            continue
+                        heard = time.monotonic()
                         if message.get("type") != "message":
                             continue
                         self.last_heard = time.monotonic()

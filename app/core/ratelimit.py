@@ -1,5 +1,7 @@
-"""Rate limits: slowapi for the global per-IP limit and the login limit, `limits.aio` for the
-per-account login limit and per-policy limits (async, Redis-backed when `REDIS_URL` is set)."""
+"""Rate limits on `limits.aio` storages (async, Redis-backed when `REDIS_URL` is set): the
+global per-IP limit (`GlobalRateLimitMiddleware`), the per-IP and per-account login limits and
+the per-policy limits. One `AsyncLimiter` per process, built with the web state: two apps in one
+process never share counters by accident, and no call blocks the event loop."""
 
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from redis.asyncio import Redis
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.context import current_request
-from app.core.errors import ServiceUnavailable
+from app.core.errors import RedisUnavailable, ServiceUnavailable
+from app.core.redis import redis_options
 
 log = structlog.get_logger("warden.ratelimit")
 
@@ -231,14 +234,19 @@ class AsyncLimiter:
 
     KEY_CACHE_SIZE = 50_000
 
-    def __init__(self, redis_url: str | None, redis: Redis | None = None) -> None:
+    def __init__(
+        self, redis_url: str | None, redis: Redis | None = None, *, timeout: float = 0.5
+    ) -> None:
         self.distributed = redis_url is not None
         self.storage: Storage
         self.shared_windows: SharedFixedWindows | None = None
         if redis_url:
             uri = redis_url if redis_url.startswith("async+") else "async+" + redis_url
-            self.storage = cast(Storage, storage_from_string(uri, implementation="redispy"))
-            self.shared_windows = SharedFixedWindows(redis or Redis.from_url(redis_url))
+            options = redis_options(timeout)  # `timeout`: REDIS_TIMEOUT_SECONDS
+            self.storage = cast(
+                Storage, storage_from_string(uri, implementation="redispy", **options)
+            )
+            self.shared_windows = SharedFixedWindows(redis or Redis.from_url(redis_url, **options))
         else:
             self.storage = MovingWindowMemoryStorage()
         self.moving = cast(MovingWindowSupport, self.storage)
@@ -307,12 +315,10 @@ class AsyncLimiter:
 
 
 def _unavailable(exc: Exception) -> ServiceUnavailable:
-    log.error("rate_limit_store_unavailable", error=type(exc).__name__)
-    return ServiceUnavailable(
-        "The rate-limit store is unavailable.",
-        code="redis_unavailable",
-        headers={"Retry-After": "1"},
-    )
+    # Logged once, where the refusal is rendered (`app_error_response`).
+    refusal = RedisUnavailable("The rate-limit store is unavailable.")
+    refusal.__cause__ = exc
+    return refusal
 
 
 @functools.lru_cache(maxsize=64)
@@ -340,7 +346,8 @@ class GlobalRateLimitMiddleware:
         try:
             state = await runtime.limiter.hit_fixed(self.item, "global", ctx.ip or "unknown")
         except ServiceUnavailable as exc:
-            await _send_error(send, 503, exc.code, exc.message, ctx.request_id, {})
+            log.warning("dependency_unavailable", code=exc.code, status=503, path=scope.get("path"))
+            await _send_error(send, 503, exc.code, exc.message, ctx.request_id, exc.headers)
             return
         if not state.allowed:
             log.info("rate_limited", scope="ip", path=scope.get("path"))

@@ -156,7 +156,6 @@ class SessionStore:
         except ServiceUnavailable:
             raise
         except Exception as exc:
-            log.error("session_store_unavailable", error=type(exc).__name__)
             raise ServiceUnavailable("The session store is unavailable.") from exc
         if raw == _TOMBSTONE:
             return None
@@ -175,7 +174,6 @@ class SessionStore:
             try:
                 await self.redis.set(_SEEN + token_hash, repr(now), ex=remaining)
             except Exception as exc:
-                log.error("session_store_unavailable", error=type(exc).__name__)
                 raise ServiceUnavailable("The session store is unavailable.") from exc
         async with self.sessionmaker() as session, session.begin():
             set_session_tenant(session, record.tenant_id)
@@ -203,7 +201,6 @@ class SessionStore:
                         pipe.delete(_SEEN + row.token_hash)
                 await pipe.execute()
         except Exception as exc:
-            log.error("session_store_unavailable", error=type(exc).__name__)
             raise ServiceUnavailable("The session store is unavailable.") from exc
 
     async def revoke_user(self, session: AsyncSession, user_id: uuid.UUID) -> int:

@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.errors import ServiceUnavailable
+from app.core.errors import RedisUnavailable
 from app.core.hashing import sha256_hex
 from app.core.invalidation import CHANNEL, InvalidationBus
 from app.core.types import utcnow
@@ -251,13 +251,8 @@ class RevocationStore:
         assert self.redis is not None  # noqa: S101  (callers check)
         try:
             values = await self.redis.mget([_PREFIX + s for s in subjects] + [_FILLED])
-        except Exception as exc:
-            log.error("revocation_store_unavailable", error=type(exc).__name__)
-            raise ServiceUnavailable(
-                "The revocation store is unavailable.",
-                code="redis_unavailable",
-                headers={"Retry-After": "1"},
-            ) from exc
+        except Exception as exc:  # logged once, where the refusal is rendered
+            raise RedisUnavailable("The revocation store is unavailable.") from exc
         if values[-1] is not None:
             found = dict(zip(subjects, values[:-1], strict=True))
             return {s: int(v) for s, v in found.items() if v is not None}

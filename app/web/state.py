@@ -34,6 +34,7 @@ from app.core.identity import Principal
 from app.core.invalidation import InvalidationBus
 from app.core.outbound import GuardedBackend
 from app.core.ratelimit import AsyncLimiter
+from app.core.redis import make_redis
 from app.credentials.browser import SessionStore
 from app.credentials.revocation import RevocationStore
 from app.credentials.signing import SigningKeyring
@@ -124,14 +125,14 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         """Create (not yet start) the runtime for these settings."""
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, settings)
         sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
         master = KeyRing.from_settings(settings.warden_master_key)
-        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        redis = make_redis(settings)
         publish_for = timedelta(
             seconds=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60
         )
-        limiter = AsyncLimiter(settings.redis_url, redis)
+        limiter = AsyncLimiter(settings.redis_url, redis, timeout=settings.redis_timeout_seconds)
         keyring = SigningKeyring(sessionmaker, master, publish_for)
         revocations = RevocationStore(
             sessionmaker,
