@@ -98,10 +98,15 @@ class Settings(BaseSettings):
     argon2_time_cost: int = Field(default=3, ge=1)
     argon2_memory_cost: int = Field(default=65_536, ge=8)
     argon2_parallelism: int = Field(default=4, ge=1)
+    # A deadline for a whole forwarded exchange: waiting for a connection, connecting, sending,
+    # the answer and its whole body (a streamed answer is cut when it passes).
     upstream_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # Open connections to upstreams per process (callers beyond it wait for a free one, within
     # the upstream timeout).
     upstream_max_connections: int = Field(default=64, ge=1, le=10_000)
+    # Of those, at most this many to one upstream origin (scheme, host, port): a slow upstream
+    # holds its share of the pool, never all of it.
+    upstream_max_connections_per_origin: int = Field(default=16, ge=1, le=10_000)
     # Trusted issuers' JWKS: total fetch deadline, floor between unknown-kid refetches (and
     # between retries of a failing IdP), and how long expired keys serve while the IdP is down.
     jwks_timeout_seconds: float = Field(default=3.0, gt=0, le=30)
