@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from http.cookiejar import CookieJar
@@ -106,6 +107,15 @@ class _ResponseStream(httpx.AsyncByteStream):
             await self._release()
 
 
+# Back-pressure whatever the event loop. The relay reads the upstream only when the caller took
+# the previous chunk, but a loop's transport reads whatever the kernel holds once it may read:
+# uvloop (libuv) reads up to 32 times per readiness, megabytes into memory for a caller that
+# stopped reading. A fixed receive buffer (the kernel doubles it; no autotuning) bounds both
+# what the kernel holds for a stalled stream and what one read-ahead can take in; it also caps
+# one connection's throughput at about twice the buffer per round trip.
+DEFAULT_RECEIVE_BUFFER = 128 * 1024
+
+
 # What a waiter is handed: an idle connection of its origin, or a slot reserved for a new one.
 _RESERVED = None
 _Handoff = httpcore.AsyncHTTPConnection | None
@@ -122,7 +132,8 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
     of a healthy upstream never waits behind a slow one's line.
 
     `deadline_seconds` bounds a whole exchange, from the wait for a connection to the last byte
-    of the body (httpx's own timeouts bound each operation only)."""
+    of the body (httpx's own timeouts bound each operation only). `receive_buffer` is each
+    upstream socket's receive buffer (see `DEFAULT_RECEIVE_BUFFER`)."""
 
     def __init__(
         self,
@@ -132,8 +143,10 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         deadline_seconds: float | None = None,
         keepalive_expiry: float = 5.0,
         network_backend: httpcore.AsyncNetworkBackend | None = None,
+        receive_buffer: int = DEFAULT_RECEIVE_BUFFER,
     ) -> None:
         self.max_connections = max_connections
+        self._socket_options = [(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)]
         self.max_per_origin = min(max_connections_per_origin or max_connections, max_connections)
         self.deadline_seconds = deadline_seconds
         # The outbound guard's backend judges the address each connection is opened to.
@@ -198,6 +211,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             origin=origin,
             keepalive_expiry=self.keepalive_expiry,
             network_backend=self.network_backend,
+            socket_options=self._socket_options,
         )
 
     async def _checkout(

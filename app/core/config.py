@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     # Of those, at most this many to one upstream origin (scheme, host, port): a slow upstream
     # holds its share of the pool, never all of it.
     upstream_max_connections_per_origin: int = Field(default=16, ge=1, le=10_000)
+    # Each upstream socket's receive buffer: bounds what a stream whose caller stopped reading
+    # holds (whatever the event loop), and one connection's throughput (~2x this per round trip).
+    upstream_receive_buffer_bytes: int = Field(default=128 * 1024, ge=16 * 1024, le=16 * 1024**2)
     # Trusted issuers' JWKS: total fetch deadline, floor between unknown-kid refetches (and
     # between retries of a failing IdP), and how long expired keys serve while the IdP is down.
     jwks_timeout_seconds: float = Field(default=3.0, gt=0, le=30)
