@@ -158,3 +158,16 @@ async def test_a_trickled_stream_is_cut_at_the_deadline_and_its_connection_close
             assert 0 < len(b"".join(sent)) < 60  # a part went out, then the stream was cut
             assert upstream.is_closed
             assert http._transport.open == 0  # type: ignore[attr-defined]
+
+
+async def test_a_query_to_a_trickling_upstream_is_504_by_the_deadline(client, tenant, runtime):
+    from tests.conftest import make_endpoint
+
+    assert runtime.settings.upstream_timeout_seconds == 1.5  # the suite's setting
+    async with trickling_upstream(chunked=False) as (url, _):
+        ep = await make_endpoint(tenant, upstream_url=f"{url}/")
+        started = time.monotonic()
+        r = await client.post(f"/api/v1/endpoints/{ep['slug']}/query", headers=tenant.owner.headers)
+        assert r.status_code == 504
+        assert r.json()["error"]["code"] == "upstream_timeout"
+        assert time.monotonic() - started < 3.0  # about the deadline, not the 12 s body
