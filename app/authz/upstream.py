@@ -56,6 +56,10 @@ def _key(origin: httpcore.Origin) -> _Key:
     return (origin.scheme, origin.host, origin.port)
 
 
+# The response extension naming the loop time by which the whole exchange must end (or None).
+DEADLINE_EXTENSION = "warden.deadline"
+
+
 class DeadlineExceeded(httpx.TimeoutException):
     """The whole exchange (waiting for a connection, connecting, sending, the answer and its
     body) outlasted the transport's deadline."""
@@ -203,7 +207,8 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             status_code=response.status,
             headers=response.headers,
             stream=_ResponseStream(response.stream, release, deadline),
-            extensions=response.extensions,
+            # (the relay bounds its sends to the caller by the same deadline)
+            extensions={**response.extensions, DEADLINE_EXTENSION: deadline},
         )
 
     def _new_connection(self, origin: httpcore.Origin) -> httpcore.AsyncHTTPConnection:

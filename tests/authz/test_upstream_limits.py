@@ -171,3 +171,35 @@ async def test_a_query_to_a_trickling_upstream_is_504_by_the_deadline(client, te
         assert r.status_code == 504
         assert r.json()["error"]["code"] == "upstream_timeout"
         assert time.monotonic() - started < 3.0  # about the deadline, not the 12 s body
+
+
+async def test_a_caller_that_stops_reading_holds_the_connection_only_until_the_deadline():
+    async def endless(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while True:
+            await send({"type": "http.response.body", "body": b"x" * 4096, "more_body": True})
+            await asyncio.sleep(0.01)
+
+    with serve_in_thread(endless) as url:
+        async with pool_client(max_connections=1, deadline_seconds=1.0) as http:
+            started = time.monotonic()
+            upstream = await http.send(http.build_request("GET", f"{url}/"), stream=True)
+            relay = UpstreamStream(upstream, {})
+            sent = 0
+
+            async def send(message):
+                nonlocal sent
+                sent += 1
+                if sent > 2:  # the caller stopped reading: its sends block
+                    await asyncio.sleep(3600)
+
+            async def receive():
+                await asyncio.sleep(3600)
+                return {"type": "http.disconnect"}
+
+            scope = {"type": "http", "asgi": {"spec_version": "2.4"}}
+            with pytest.raises(httpx.TimeoutException):
+                await relay(scope, receive, send)
+            assert time.monotonic() - started < 2.0
+            assert upstream.is_closed
+            assert http._transport.open == 0  # type: ignore[attr-defined]
