@@ -35,6 +35,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlmodel import col
 
 from app.audit import repository
 from app.audit.models import AuditChainHead, AuditEvent
@@ -71,6 +72,8 @@ class EventData:
     ip: str | None = None
     request_id: str | None = None
     at: datetime = field(default_factory=utcnow)
+    # Fixed when the event is created: a retried write is recognised by it (never re-appended).
+    id: uuid.UUID = field(default_factory=lambda: time_ordered_id())
 
 
 def chain_key(tenant_id: uuid.UUID | None) -> str:
@@ -274,7 +277,7 @@ def _event_from(data: EventData) -> EventRow:
     email = mask_email(data.actor.email)
     ip = data.ip if data.ip is not None else ctx.ip
     return EventRow(
-        id=time_ordered_id(),
+        id=data.id,
         tenant_id=data.tenant_id,
         seq=0,
         at=data.at,
@@ -313,8 +316,15 @@ async def _lock_head(session: AsyncSession, key: str) -> AuditChainHead:
     return head
 
 
-async def append_events(session: AsyncSession, events: Sequence[EventData]) -> list[EventRow]:
-    """Link events into their chains within the session's transaction."""
+async def append_events(
+    session: AsyncSession, events: Sequence[EventData], *, skip_written: bool = False
+) -> list[EventRow]:
+    """Link events into their chains within the session's transaction.
+
+    `skip_written`: the events may already be in the trail (an earlier transaction's outcome is
+    unknown: its COMMIT may have reached the database and only the answer been lost). Once the
+    chain heads are locked, that transaction has either committed or rolled back; the events
+    found by id are left out, the others are linked after the current head."""
     rows: list[EventRow] = []
     by_chain: dict[str, list[EventData]] = {}
     for data in events:
@@ -322,13 +332,17 @@ async def append_events(session: AsyncSession, events: Sequence[EventData]) -> l
     previous = session.info.get(SKIP_TENANT_FILTER)
     session.info[SKIP_TENANT_FILTER] = True  # the writer may write many tenants' chains
     try:
-        for key in sorted(by_chain):  # fixed order: two writers never lock heads crosswise
-            head = await _lock_head(session, key)
+        # Fixed order: two writers never lock heads crosswise.
+        heads = [(key, await _lock_head(session, key)) for key in sorted(by_chain)]
+        written = await _written_ids(session, events) if skip_written else set()
+        for key, head in heads:
             # Linked in locals: every attribute set on the ORM head costs microseconds.
             seq, last_hash = head.seq, head.last_hash
             for count, data in enumerate(by_chain[key], 1):
                 if count % YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # a big batch must not stall the requests in flight
+                if data.id in written:
+                    continue
                 event = _event_from(data)
                 seq += 1
                 event.seq = seq
@@ -344,6 +358,20 @@ async def append_events(session: AsyncSession, events: Sequence[EventData]) -> l
     finally:
         session.info[SKIP_TENANT_FILTER] = previous
     return rows
+
+
+async def _written_ids(session: AsyncSession, events: Sequence[EventData]) -> set[uuid.UUID]:
+    """Which of these events' ids are already in the trail."""
+    ids = [data.id for data in events]
+    found: set[uuid.UUID] = set()
+    for start in range(0, len(ids), 500):  # bounded IN lists (SQLite's variable limit)
+        stmt = (
+            select(col(AuditEvent.id))
+            .where(col(AuditEvent.id).in_(ids[start : start + 500]))
+            .execution_options(**{SKIP_TENANT_FILTER: True})  # ids of many tenants' chains
+        )
+        found.update((await session.execute(stmt)).scalars())
+    return found
 
 
 async def record(
@@ -394,6 +422,9 @@ class AuditWriter:
         self._stopping = False
         self._flush_lock = asyncio.Lock()
         self._room = asyncio.Event()
+        # Ids of queued events whose last write ended without a known outcome (the COMMIT may
+        # have been applied and only its answer lost): their next write skips what is written.
+        self._unsure: set[uuid.UUID] = set()
 
     def submit(
         self,
@@ -458,14 +489,19 @@ class AuditWriter:
         async with self._flush_lock:
             while self.queue:
                 batch, self.queue = self.queue[:MAX_BATCH], self.queue[MAX_BATCH:]
+                unsure = bool(self._unsure) and any(e.id in self._unsure for e in batch)
                 try:
                     try:
-                        await self._write(batch)
-                    except IntegrityError:
-                        await self._write_chain_by_chain(batch)
+                        await self._write(batch, unsure)
+                    except IntegrityError:  # refused by a constraint: nothing was written
+                        await self._write_chain_by_chain(batch, unsure)
                 except BaseException:
+                    # Lost connection, cancelled, crashed mid-COMMIT: maybe written, maybe not.
+                    self._unsure.update(e.id for e in batch)
                     self.queue = batch + self.queue
                     raise
+                if unsure:
+                    self._unsure.difference_update(e.id for e in batch)
                 written += len(batch)
                 if len(self.queue) < MAX_PENDING:
                     self._room.set()
@@ -490,11 +526,11 @@ class AuditWriter:
                     headers={"Retry-After": "5"},
                 ) from None
 
-    async def _write(self, events: list[EventData]) -> None:
+    async def _write(self, events: list[EventData], unsure: bool = False) -> None:
         async with self.sessionmaker() as session, session.begin():
-            await append_events(session, events)
+            await append_events(session, events, skip_written=unsure)
 
-    async def _write_chain_by_chain(self, batch: list[EventData]) -> None:
+    async def _write_chain_by_chain(self, batch: list[EventData], unsure: bool = False) -> None:
         """A tenant deleted after its events were queued fails the whole batch (its chain is
         gone): write each chain on its own and move a vanished tenant's events to the system
         chain, so one deletion never blocks every later event."""
@@ -503,14 +539,14 @@ class AuditWriter:
             by_chain.setdefault(chain_key(data.tenant_id), []).append(data)
         for events in by_chain.values():
             try:
-                await self._write(events)
+                await self._write(events, unsure)
             except IntegrityError:
                 moved = [
                     replace(e, tenant_id=None, details={**e.details, "tenant_id": str(e.tenant_id)})
                     for e in events
                 ]
                 log.warning("audit_events_of_deleted_tenant", count=len(moved))
-                await self._write(moved)
+                await self._write(moved, unsure)
 
     async def stop(self) -> None:
         """Stop the flusher and write what is left."""

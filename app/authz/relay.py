@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from app.authz.compiled import CompiledEndpoint
+from app.authz.upstream import DEADLINE_EXTENSION
 from app.core.context import current_request
 from app.core.errors import UpstreamError, UpstreamTimeout
 from app.core.identity import Principal
@@ -132,10 +134,20 @@ class UpstreamStream(StreamingResponse):
         self.upstream = upstream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The exchange's deadline bounds the relay too: a caller that stops reading holds the
+        # upstream connection until then, not for as long as it likes.
+        deadline = self.upstream.extensions.get(DEADLINE_EXTENSION)
         try:
-            await super().__call__(scope, receive, send)
+            async with asyncio.timeout_at(deadline):
+                await super().__call__(scope, receive, send)
+        except TimeoutError:
+            raise UpstreamStreamCut("the relayed stream outlasted the upstream deadline") from None
         finally:
             await self.upstream.aclose()
+
+
+class UpstreamStreamCut(httpx.TimeoutException):
+    """A relayed stream cut at the exchange's deadline (the answer had already started)."""
 
 
 BUFFERED_BODY_BYTES = 64 * 1024

@@ -114,10 +114,18 @@ class Settings(BaseSettings):
     argon2_time_cost: int = Field(default=3, ge=1)
     argon2_memory_cost: int = Field(default=65_536, ge=8)
     argon2_parallelism: int = Field(default=4, ge=1)
+    # A deadline for a whole forwarded exchange: waiting for a connection, connecting, sending,
+    # the answer and its whole body (a streamed answer is cut when it passes).
     upstream_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # Open connections to upstreams per process (callers beyond it wait for a free one, within
     # the upstream timeout).
     upstream_max_connections: int = Field(default=64, ge=1, le=10_000)
+    # Of those, at most this many to one upstream origin (scheme, host, port): a slow upstream
+    # holds its share of the pool, never all of it.
+    upstream_max_connections_per_origin: int = Field(default=16, ge=1, le=10_000)
+    # Each upstream socket's receive buffer: bounds what a stream whose caller stopped reading
+    # holds (whatever the event loop), and one connection's throughput (~2x this per round trip).
+    upstream_receive_buffer_bytes: int = Field(default=128 * 1024, ge=16 * 1024, le=16 * 1024**2)
     # Trusted issuers' JWKS: total fetch deadline, floor between unknown-kid refetches (and
     # between retries of a failing IdP), and how long expired keys serve while the IdP is down.
     jwks_timeout_seconds: float = Field(default=3.0, gt=0, le=30)

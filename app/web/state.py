@@ -146,6 +146,9 @@ class Runtime:
             follow_redirects=False,
             transport=UpstreamTransport(
                 max_connections=settings.upstream_max_connections,
+                max_connections_per_origin=settings.upstream_max_connections_per_origin,
+                deadline_seconds=settings.upstream_timeout_seconds,
+                receive_buffer=settings.upstream_receive_buffer_bytes,
                 network_backend=GuardedBackend(settings.upstream_allowed_hosts),
             ),
             trust_env=False,
