@@ -9,11 +9,14 @@ from pydantic import Field
 
 from app.core.schemas import Name, PublicModel, StrictModel
 
+# The longest access-token lifetime a tenant may choose (revocations must outlive it).
+MAX_ACCESS_TTL_SECONDS = 86_400
+
 
 class TenantSettings(StrictModel):
     """Per-tenant overrides; unset values fall back to the server's settings."""
 
-    access_token_ttl_seconds: int | None = Field(default=None, ge=60, le=86_400)
+    access_token_ttl_seconds: int | None = Field(default=None, ge=60, le=MAX_ACCESS_TTL_SECONDS)
     refresh_token_ttl_seconds: int | None = Field(default=None, ge=300, le=365 * 86_400)
     session_idle_timeout_seconds: int | None = Field(default=None, ge=60, le=30 * 86_400)
     session_absolute_timeout_seconds: int | None = Field(default=None, ge=300, le=365 * 86_400)

@@ -41,6 +41,7 @@ from app.credentials.signing import SigningKeyring
 from app.credentials.tokens import LocalTokens
 from app.issuers.satellite import SatelliteVerifier
 from app.issuers.service import IssuerRules
+from app.tenants.schemas import MAX_ACCESS_TTL_SECONDS
 from app.users.service import session_holder_loader
 from app.web.authenticate import Authenticator, ExchangeGuard, Mode
 
@@ -137,7 +138,11 @@ class Runtime:
         revocations = RevocationStore(
             sessionmaker,
             redis,
-            token_lifetime=timedelta(seconds=settings.access_token_ttl_seconds),
+            # A tenant may choose a longer lifetime than the server's: a user's or tenant's
+            # revocation must outlive the longest token any tenant can be issued.
+            token_lifetime=timedelta(
+                seconds=max(settings.access_token_ttl_seconds, MAX_ACCESS_TTL_SECONDS)
+            ),
             leeway=timedelta(seconds=settings.jwt_leeway_seconds),
         )
         audit = AuditWriter(sessionmaker, settings.audit_flush_interval_ms)

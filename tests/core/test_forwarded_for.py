@@ -40,9 +40,12 @@ def warden_serve(env: dict[str, str]):
 
 
 def start(command: list[str], env: dict[str, str], port: int):
+    # In-process limits: each server counts afresh (the shared Redis would carry one case's
+    # per-address counts into the next); where the address comes from is what is tested.
+    environment = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     proc = subprocess.Popen(
         command,
-        env={**os.environ, **env},
+        env={**environment, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
