@@ -75,7 +75,7 @@ async def test_keys_rotate_publishes_new_key_and_keeps_old(client, runtime, tena
     assert result.returncode == 0, result.stderr
     new_kid = result.stdout.strip().split()[-1]
     # The running process picks the new key up on an unknown kid or its periodic reload.
-    await runtime.keyring.load(create_if_missing=False)
+    await runtime.signing_keys.load(create_if_missing=False)
     kids = {k["kid"] for k in (await client.get("/.well-known/jwks.json")).json()["keys"]}
     assert {old_kid, new_kid} <= kids
     assert (await client.get("/api/v1/auth/me", headers=tenant.owner.headers)).status_code == 200

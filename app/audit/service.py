@@ -13,6 +13,7 @@ the chain one link at a time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import itertools
 import json
@@ -129,18 +130,9 @@ def actor_digest(actor_id: str | None, actor_email: str | None, ip: str | None) 
     return hashlib.sha256(material.encode()).hexdigest()
 
 
-_DIGESTS: dict[tuple[str | None, str | None, str | None], str] = {}
-
-
+@functools.lru_cache(maxsize=10_000)  # a pure function of its arguments: a memo, not state
 def _cached_actor_digest(actor_id: str | None, actor_email: str | None, ip: str | None) -> str:
-    # One caller makes many requests: the writer hashes each (actor, address) once.
-    key = (actor_id, actor_email, ip)
-    digest = _DIGESTS.get(key)
-    if digest is None:
-        if len(_DIGESTS) >= 10_000:
-            _DIGESTS.clear()
-        digest = _DIGESTS[key] = actor_digest(actor_id, actor_email, ip)
-    return digest
+    return actor_digest(actor_id, actor_email, ip)
 
 
 _PLAIN = (str, int, bool, type(None))

@@ -21,6 +21,8 @@ from http.cookiejar import CookieJar
 import httpcore
 import httpx
 
+from app.core.outbound import httpcore_request
+
 
 @contextlib.contextmanager
 def _as_httpx_errors() -> Iterator[None]:
@@ -164,20 +166,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if not isinstance(request.stream, httpx.AsyncByteStream):
-            raise TypeError("the upstream transport needs an async request body")
-        core = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
+        core = httpcore_request(request)
         origin = core.url.origin
         loop = asyncio.get_running_loop()
         deadline = None if self.deadline_seconds is None else loop.time() + self.deadline_seconds

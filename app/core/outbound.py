@@ -301,20 +301,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if not isinstance(request.stream, httpx.AsyncByteStream):
-            raise TypeError("the guarded transport needs an async request body")
-        core = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
+        core = httpcore_request(request)
         with _httpx_errors():
             response = await self._pool.handle_async_request(core)
         stream = response.stream
@@ -358,3 +345,21 @@ class _Stream(httpx.AsyncByteStream):
         if aclose is not None:
             with _httpx_errors():
                 await aclose()
+
+
+def httpcore_request(request: httpx.Request) -> httpcore.Request:
+    """An httpx request as httpcore takes it (for transports over an httpcore pool)."""
+    if not isinstance(request.stream, httpx.AsyncByteStream):
+        raise TypeError("an async transport needs an async request body")
+    return httpcore.Request(
+        method=request.method,
+        url=httpcore.URL(
+            scheme=request.url.raw_scheme,
+            host=request.url.raw_host,
+            port=request.url.port,
+            target=request.url.raw_path,
+        ),
+        headers=request.headers.raw,
+        content=request.stream,
+        extensions=request.extensions,
+    )

@@ -56,9 +56,9 @@ class Runtime:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
-    master: KeyRing
+    master_keys: KeyRing  # the master keys wrapping signing keys and upstream credentials
     redis: Redis | None
-    keyring: SigningKeyring
+    signing_keys: SigningKeyring  # Warden's own token-signing keys
     revocations: RevocationStore
     limiter: AsyncLimiter
     audit: AuditWriter
@@ -68,7 +68,7 @@ class Runtime:
     apikeys: ApiKeyCache
     bindings: BindingIndex
     satellites: SatelliteVerifier
-    sessions: SessionStore
+    browser_store: SessionStore  # browser sessions (not database sessions)
     tokens: LocalTokens
     pipeline: DecisionPipeline
     relay: Relay
@@ -82,7 +82,7 @@ class Runtime:
         # Built from the state itself: the authenticator reads the credential stores, and the
         # gateway decides with the authenticator in its gateway mode.
         browser = self.browser = BrowserSessions(
-            store=self.sessions,
+            store=self.browser_store,
             revocations=self.revocations,
             tokens=self.tokens,
             limiter=self.limiter,
@@ -128,13 +128,13 @@ class Runtime:
         """Create (not yet start) the runtime for these settings."""
         engine = make_engine(settings.database_url, settings)
         sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
-        master = KeyRing.from_settings(settings.warden_master_key)
+        master_keys = KeyRing.from_settings(settings.warden_master_key)
         redis = make_redis(settings)
         publish_for = timedelta(
             seconds=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60
         )
         limiter = AsyncLimiter(settings.redis_url, redis, timeout=settings.redis_timeout_seconds)
-        keyring = SigningKeyring(sessionmaker, master, publish_for)
+        signing_keys = SigningKeyring(sessionmaker, master_keys, publish_for)
         revocations = RevocationStore(
             sessionmaker,
             redis,
@@ -163,20 +163,20 @@ class Runtime:
             settings=settings,
             engine=engine,
             sessionmaker=sessionmaker,
-            master=master,
+            master_keys=master_keys,
             redis=redis,
-            keyring=keyring,
+            signing_keys=signing_keys,
             revocations=revocations,
             limiter=limiter,
             audit=audit,
             bus=InvalidationBus(redis),
             http=http,
-            endpoints=EndpointCache(sessionmaker, master),
+            endpoints=EndpointCache(sessionmaker, master_keys),
             apikeys=ApiKeyCache(sessionmaker, settings.api_key_miss_budget),
             bindings=BindingIndex(sessionmaker),
             satellites=SatelliteVerifier(sessionmaker, settings),
-            sessions=SessionStore(sessionmaker, redis, session_holder_loader(settings)),
-            tokens=LocalTokens(keyring, settings),
+            browser_store=SessionStore(sessionmaker, redis, session_holder_loader(settings)),
+            tokens=LocalTokens(signing_keys, settings),
             pipeline=DecisionPipeline(Decider(), limiter, audit),
             relay=Relay(http, settings.upstream_allowed_hosts),
             issuer_rules=IssuerRules(settings.issuer, settings.upstream_allowed_hosts),
@@ -184,7 +184,7 @@ class Runtime:
 
     async def start(self) -> None:
         """Load keys and revocations, start background tasks."""
-        await self.keyring.load()
+        await self.signing_keys.load()
         await self.revocations.load()
         self.bus.register("endpoint", self.endpoints.invalidate)
         self.bus.register("endpoint", self.bindings.invalidate)
@@ -199,7 +199,7 @@ class Runtime:
         while True:
             await asyncio.sleep(KEY_RELOAD_SECONDS)
             try:
-                await self.keyring.load(create_if_missing=False)
+                await self.signing_keys.load(create_if_missing=False)
                 await self.revocations.prune()
                 await self.apikeys.flush_usage()
             except Exception as exc:  # a transient database error must not kill the loop

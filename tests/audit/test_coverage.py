@@ -200,7 +200,7 @@ async def test_every_security_event_is_recorded(client, tenant, runtime, upstrea
     assert (await client.delete(f"{api}/tenant", headers=doomed.owner.headers)).status_code == 204
     new_kid = cli("keys", "rotate").split()[-1]
     cli("keys", "rotate-encryption")
-    await runtime.keyring.load(create_if_missing=False)
+    await runtime.signing_keys.load(create_if_missing=False)
 
     # Login attempts over the per-account limit, counted by an app with a low limit.
     from app.main import create_app

@@ -84,7 +84,7 @@ class TestTokenAttacks:
             "future-nbf": {**base, "nbf": now + 3600},
         }
         for name, claims in cases.items():
-            token = runtime.keyring.sign(claims)
+            token = runtime.signing_keys.sign(claims)
             r = await client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
             assert r.status_code == 401, name
 
@@ -351,8 +351,8 @@ class TestIssuer:
         handle = await make_tenant(client)
         old_kid = pyjwt.get_unverified_header(handle.owner.access_token)["kid"]
         async with runtime.sessionmaker() as session, session.begin():
-            new = await rotate_signing_key(session, runtime.master)
-        await runtime.keyring.load()
+            new = await rotate_signing_key(session, runtime.master_keys)
+        await runtime.signing_keys.load()
         kids = {k["kid"] for k in (await client.get("/.well-known/jwks.json")).json()["keys"]}
         assert {old_kid, new.kid} <= kids
         r = await client.get("/api/v1/auth/me", headers=handle.owner.headers)

@@ -245,10 +245,10 @@ class TestCredential:
                     )
                 ).scalar_one()
         a, b = rows[eps[0]["id"]], rows[eps[1]["id"]]
-        assert decrypt_credential(runtime.master, a) == f"value-of-{tenant.slug}"
+        assert decrypt_credential(runtime.master_keys, a) == f"value-of-{tenant.slug}"
         b.ciphertext = a.ciphertext  # an attacker with database access swaps ciphertexts
         with pytest.raises(DecryptionError):
-            decrypt_credential(runtime.master, b)
+            decrypt_credential(runtime.master_keys, b)
 
     @pytest.mark.parametrize("header", ["Host", "X-User-Email", "bad header", "Content-Length"])
     async def test_reserved_or_invalid_header(self, client, tenant, header):

@@ -156,10 +156,10 @@ class TestTenantAndAudience:
         assert "invalid_token" in r.headers["www-authenticate"]
         claims = jose.parse(member.access_token).claims
         for aud in ([runtime.settings.jwt_audience, host], [host.upper(), "warden"]):
-            token = runtime.keyring.sign({**claims, "aud": aud, "jti": uuid.uuid4().hex})
+            token = runtime.signing_keys.sign({**claims, "aud": aud, "jti": uuid.uuid4().hex})
             r = await ask(client, host, "/", {"Authorization": f"Bearer {token}"})
             assert r.status_code == 200, r.headers
-        other = runtime.keyring.sign({**claims, "aud": ["warden", "x" + host], "jti": "j2"})
+        other = runtime.signing_keys.sign({**claims, "aud": ["warden", "x" + host], "jti": "j2"})
         assert_empty(await ask(client, host, "/", {"Authorization": f"Bearer {other}"}), 401)
         key = await api_key(tenant, ["authz:forward"])
         assert_empty(await ask(client, host, who={"X-API-Key": key["key"]}), 401)

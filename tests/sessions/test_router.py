@@ -569,7 +569,7 @@ class TestCredentialChanges:
         login = await browser_login(client, tenant)
         assert (await _me(client, login)).status_code == 200  # fills the fast path, if any
         token_hash = hashlib.sha256(login.cookie.encode()).hexdigest()
-        assert await runtime.sessions.lookup(token_hash) is not None
+        assert await runtime.browser_store.lookup(token_hash) is not None
         r = await client.delete(f"/api/v1/sessions/{login.id}", headers=tenant.owner.headers)
         assert r.status_code == 204
-        assert await runtime.sessions.lookup(token_hash) is None
+        assert await runtime.browser_store.lookup(token_hash) is None

@@ -82,7 +82,7 @@ async def me(principal: CurrentPrincipal) -> MeResponse:
 async def jwks(runtime: RuntimeDep, response: Response) -> dict[str, Any]:
     """Warden's public signing keys (current and recently retired)."""
     response.headers["Cache-Control"] = "public, max-age=300"
-    return runtime.keyring.jwks()
+    return runtime.signing_keys.jwks()
 
 
 @well_known.get("/.well-known/openid-configuration")

@@ -150,7 +150,9 @@ async def put_credential(
     runtime: RuntimeDep,
 ) -> CredentialInfo:
     """Set the upstream credential (write-only: the value is never shown again)."""
-    row = await secrets.put_credential(session, runtime.bus, runtime.master, principal, slug, body)
+    row = await secrets.put_credential(
+        session, runtime.bus, runtime.master_keys, principal, slug, body
+    )
     return CredentialInfo.model_validate(row)
 
 

@@ -52,7 +52,7 @@ async def erase_me(principal: LocalUser, session: TenantSession, runtime: Runtim
         session,
         runtime.audit,
         runtime.revocations,
-        runtime.sessions,
+        runtime.browser_store,
         runtime.settings.warden_master_key[0],
         principal,
     )

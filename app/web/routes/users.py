@@ -49,7 +49,7 @@ async def update_user(
 ) -> UserPublic:
     """Change role, activation or password; the user's tokens are revoked."""
     user = await service.update_user(
-        session, runtime.revocations, runtime.sessions, principal, user_id, body
+        session, runtime.revocations, runtime.browser_store, principal, user_id, body
     )
     return UserPublic.model_validate(user)
 
@@ -59,5 +59,7 @@ async def delete_user(
     user_id: uuid.UUID, principal: AdminPrincipal, session: TenantSession, runtime: RuntimeDep
 ) -> Response:
     """Remove a user (never the last owner)."""
-    await service.delete_user(session, runtime.revocations, runtime.sessions, principal, user_id)
+    await service.delete_user(
+        session, runtime.revocations, runtime.browser_store, principal, user_id
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
