@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from app.audit.service import AuditWriter
@@ -20,7 +20,7 @@ from app.authz.compiled import CompiledEndpoint
 from app.authz.decision import Decider, RequestFacts, Subject, Verdict, check_limits, may_query
 from app.core.errors import AppError, Forbidden, RateLimited
 from app.core.identity import Actor, Principal
-from app.core.ratelimit import AsyncLimiter
+from app.core.ratelimit import AsyncLimiter, LimitState
 
 QUERY_SCOPE = "endpoints:query"
 _REFUSAL_MESSAGES = {
@@ -30,7 +30,7 @@ _REFUSAL_MESSAGES = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made on every request: slots, and no frozen-init overhead
 class Decision:
     """A verdict about one request, with what the answer needs (limit headers, or the error of
     a dependency that could not be asked)."""
@@ -38,8 +38,13 @@ class Decision:
     endpoint: CompiledEndpoint
     subject: Subject
     verdict: Verdict
-    limit_headers: Mapping[str, str] = field(default_factory=dict)
+    limit: LimitState | None = None  # the tightest window, when the request was allowed
     error: AppError | None = None
+
+    @property
+    def limit_headers(self) -> dict[str, str]:
+        """`X-RateLimit-*` of the tightest window (built only when an answer carries them)."""
+        return self.limit.headers() if self.limit is not None else {}
 
     @property
     def allowed(self) -> bool:
@@ -120,8 +125,7 @@ class DecisionPipeline:
             return Decision(endpoint, subject, verdict, error=exc)
         if limited is not None and not limited.allowed:
             return Decision(endpoint, subject, limited)
-        headers = limited.limit.headers() if limited is not None and limited.limit else {}
-        return Decision(endpoint, subject, verdict, headers)
+        return Decision(endpoint, subject, verdict, limited.limit if limited is not None else None)
 
     def record(
         self,
