@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from starlette.requests import Request
 
@@ -52,9 +53,9 @@ class Mode(Enum):
     INTERNAL = "internal"
 
 
-@dataclass(frozen=True)
-class Presented:
-    """The credential a request carries: which header it came in and its value."""
+class Presented(NamedTuple):
+    """The credential a request carries: which header it came in and its value (a tuple: one
+    is made per request)."""
 
     source: str  # bearer | x-api-key | cookie
     value: str
