@@ -22,7 +22,9 @@ from app.web.routes.auth import well_known
 from app.web.routes.authz import router as authz_router
 from app.web.routes.endpoints import router as endpoints_router
 from app.web.routes.health import router as health_router
+from app.web.routes.identity_providers import router as identity_providers_router
 from app.web.routes.issuers import router as issuers_router
+from app.web.routes.oidc import router as oidc_router
 from app.web.routes.privacy import router as privacy_router
 from app.web.routes.sessions import router as sessions_router
 from app.web.routes.tenants import router as tenant_router
@@ -42,8 +44,10 @@ API_ROUTERS = (
     endpoints_router,
     apikeys_router,
     issuers_router,
+    identity_providers_router,
     audit_router,
     privacy_router,
+    oidc_router,
     sessions_router,
 )
 

@@ -4,6 +4,13 @@ from app.apikeys.models import ApiKey
 from app.audit.models import AuditChainHead, AuditEvent
 from app.credentials.models import BrowserSession, RefreshToken, Revocation, SigningKey
 from app.endpoints.models import Endpoint
+from app.identity_providers.models import (
+    IdentityLink,
+    IdentityProvider,
+    OidcLogin,
+    OidcLogoutToken,
+    OidcSession,
+)
 from app.issuers.models import IssuerAudience, TrustedIssuer
 from app.policies.models import Policy
 from app.tenants.models import Tenant
@@ -16,7 +23,12 @@ __all__ = [
     "AuditEvent",
     "BrowserSession",
     "Endpoint",
+    "IdentityLink",
+    "IdentityProvider",
     "IssuerAudience",
+    "OidcLogin",
+    "OidcLogoutToken",
+    "OidcSession",
     "Policy",
     "RefreshToken",
     "Revocation",

@@ -20,7 +20,7 @@ APP = ROOT / "app"
 
 # package -> the packages it may import (besides itself). Same table as docs/ARCHITECTURE.md.
 _DOMAINS = {"core", "audit", "credentials", "tenants", "users"}
-_RESOURCES = {"apikeys", "issuers", "endpoints"}
+_RESOURCES = {"apikeys", "issuers", "endpoints", "identity_providers"}
 _RULES = {"policies", "upstream_secrets"}
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
@@ -31,6 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "apikeys": {"core", "audit", "tenants"},
     "issuers": {"core", "audit", "tenants"},
     "endpoints": {"core", "audit", "tenants"},
+    "identity_providers": {"core", "audit", "tenants", "issuers"},
     "policies": {"core", "audit", "endpoints"},
     "upstream_secrets": {"core", "audit", "endpoints"},
     "auth": _DOMAINS | _RESOURCES | _RULES,

@@ -10,8 +10,16 @@ from pydantic import Field, field_validator
 
 from app.core.schemas import Name, PublicModel, StrictModel
 
-Scope = Literal["endpoints:query", "authz:check", "authz:forward", "sessions:exchange"]
-SCOPES: tuple[str, ...] = ("endpoints:query", "authz:check", "authz:forward", "sessions:exchange")
+Scope = Literal[
+    "endpoints:query", "authz:check", "authz:forward", "sessions:exchange", "sessions:idp_token"
+]
+SCOPES: tuple[str, ...] = (
+    "endpoints:query",
+    "authz:check",
+    "authz:forward",
+    "sessions:exchange",
+    "sessions:idp_token",
+)
 
 
 class ApiKeyCreate(StrictModel):

@@ -48,8 +48,28 @@ class ExchangeRequest(StrictModel):
     session_id: CookieValue
 
 
+class ProviderIdentity(BaseModel):
+    """Who the identity provider says the session's user is (sessions signed in through one)."""
+
+    idp: str
+    issuer: str
+    sub: str
+    groups: list[str]
+
+
 class ExchangeResponse(BaseModel):
-    """A short-lived access token for the session's user, and its claims."""
+    """A short-lived access token for the session's user, and its claims; for a session signed
+    in through an identity provider, that identity and (scope `sessions:idp_token`) the
+    provider's current access token."""
 
     access_token: str
     claims: dict[str, Any]
+    identity: ProviderIdentity | None = None
+    idp_access_token: str | None = None
+
+
+class LogoutRedirect(BaseModel):
+    """Logout of a session signed in through an identity provider: where the browser goes to
+    end the provider's session too."""
+
+    end_session_url: str

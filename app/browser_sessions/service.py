@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +33,7 @@ from app.credentials.models import BrowserSession
 from app.credentials.revocation import RevocationStore
 from app.credentials.tokens import LocalTokens
 from app.tenants import service as tenants
+from app.tenants.models import Tenant
 from app.tenants.service import get_tenant
 from app.users import service as users
 from app.users.models import User
@@ -131,6 +133,18 @@ async def create_session(
     tenant, user, rehashed = await users.verify_login(
         session, ctx.limiter, ctx.audit, ctx.settings, data
     )
+    return await open_session(session, ctx, tenant, user, {"rehashed": rehashed})
+
+
+async def open_session(
+    session: AsyncSession,
+    ctx: BrowserSessions,
+    tenant: Tenant,
+    user: User,
+    details: dict[str, Any],
+) -> NewSession:
+    """A new browser session for a user who just proved who they are (by password or through
+    an identity provider), audited as `session.created` in the same transaction."""
     _idle, absolute = tenants.session_timeouts(ctx.settings, tenant)
     cookie = secrets.token_urlsafe(32)
     csrf_token = secrets.token_urlsafe(32)
@@ -153,7 +167,7 @@ async def create_session(
         actor=Actor("user", str(user.id), user.email),
         target_type="session",
         target_id=str(row.id),
-        details={"rehashed": rehashed},
+        details=details,
     )
     return NewSession(row=row, cookie=cookie, csrf_token=csrf_token, max_age=absolute)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import os
 import secrets
 from dataclasses import dataclass
@@ -96,6 +97,11 @@ class KeyRing:
             return aead.decrypt(blob[:12], blob[12:], associated_data.encode())
         except (InvalidTag, ValueError, binascii.Error) as exc:
             raise DecryptionError("ciphertext does not decrypt for this row") from exc
+
+    def fingerprint(self, tenant_id: object, value: str) -> str:
+        """A keyed fingerprint of a write-only secret: recognisable, no offline guessing."""
+        key = hashlib.sha256(f"fingerprint|{self.active_kid}|{tenant_id}".encode()).digest()
+        return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:16]
 
     @staticmethod
     def kid_of(token: str) -> str:

@@ -281,6 +281,19 @@ def verify_with(
     return verify(parsed, resolve_key(parsed), issuer=issuer, audiences=audiences, leeway=leeway)
 
 
+_HALF_HASHES = {"256": hashlib.sha256, "384": hashlib.sha384, "512": hashlib.sha512}
+
+
+def half_hash(value: str, alg: str) -> str:
+    """OpenID Connect's `at_hash`/`c_hash`: the left half of the value's hash under the hash of
+    the token's algorithm, base64url without padding."""
+    hasher = _HALF_HASHES.get(alg[-3:])
+    if alg not in ASYMMETRIC_ALGORITHMS or hasher is None:
+        raise TokenError(f"algorithm {alg!r} not accepted")
+    digest = hasher(value.encode("ascii", errors="replace")).digest()
+    return base64.urlsafe_b64encode(digest[: len(digest) // 2]).decode("ascii").rstrip("=")
+
+
 def sign(claims: Mapping[str, Any], private_key: Any, *, kid: str, alg: str = "ES256") -> str:
     """Sign claims as a compact JWS with `kid` and `typ: JWT` in the header."""
     headers = {"kid": kid, "typ": "JWT"}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 import uuid
 from typing import Annotated
@@ -77,8 +75,7 @@ def associated_data(tenant_id: uuid.UUID, row_id: uuid.UUID, endpoint_id: uuid.U
 
 def fingerprint(master: KeyRing, tenant_id: uuid.UUID, value: str) -> str:
     """A keyed fingerprint: recognisable, but no offline guessing of the value."""
-    key = hashlib.sha256(f"fingerprint|{master.active_kid}|{tenant_id}".encode()).digest()
-    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:16]
+    return master.fingerprint(tenant_id, value)
 
 
 def decrypt_credential(master: KeyRing, row: UpstreamCredential) -> str:

@@ -90,6 +90,40 @@ async def add_user(
     return user
 
 
+# Never a valid hash: a user made by an identity provider has no password until one is set.
+NO_PASSWORD = "!federated"  # noqa: S105 (not a hash: matches no password)
+
+
+async def add_federated_user(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    email: str,
+    role: Role,
+    actor: Actor,
+    details: dict[str, Any],
+) -> User:
+    """Create a user vouched for by an identity provider (no password), audited as
+    `user.created` in the same transaction."""
+    email = normalise_email_or_422(email)
+    user = User(tenant_id=tenant_id, email=email, password_hash=NO_PASSWORD, role=role.value)
+    session.add(user)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise Conflict("A user with this email already exists.", code="email_taken") from exc
+    await record(
+        session,
+        tenant_id=tenant_id,
+        action="user.created",
+        actor=actor,
+        target_type="user",
+        target_id=str(user.id),
+        details={"role": role.value, **details},
+    )
+    return user
+
+
 async def list_users(session: AsyncSession, params: PageParams) -> tuple[list[User], str | None]:
     """A page of the tenant's users."""
     return await paginate(session, select(User), User, params)

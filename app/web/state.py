@@ -26,6 +26,7 @@ from app.authz.pipeline import DecisionPipeline
 from app.authz.relay import Relay
 from app.authz.upstream import NoCookies, UpstreamTransport
 from app.browser_sessions import service as browser_sessions
+from app.browser_sessions.oidc import OidcFlow
 from app.browser_sessions.service import BrowserSessions
 from app.core.config import Settings
 from app.core.crypto import KeyRing
@@ -39,6 +40,8 @@ from app.credentials.browser import SessionStore
 from app.credentials.revocation import RevocationStore
 from app.credentials.signing import SigningKeyring
 from app.credentials.tokens import LocalTokens
+from app.identity_providers.discovery import ProviderClient
+from app.identity_providers.service import ProviderRules, prune_expired
 from app.issuers.satellite import SatelliteVerifier
 from app.issuers.service import IssuerRules
 from app.tenants.schemas import MAX_ACCESS_TTL_SECONDS
@@ -74,6 +77,8 @@ class Runtime:
     relay: Relay
     issuer_rules: IssuerRules
     browser: BrowserSessions = field(init=False)
+    provider_rules: ProviderRules = field(init=False)
+    oidc: OidcFlow = field(init=False)
     authenticator: Authenticator = field(init=False)
     gateway: Gateway = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -89,6 +94,19 @@ class Runtime:
             audit=self.audit,
             settings=self.settings,
         )
+        # Identity providers talk through the satellites' guarded client and share their JWKS
+        # cache: one place fetches and caches an IdP's keys.
+        self.provider_rules = ProviderRules(
+            master=self.master_keys,
+            client=ProviderClient(
+                http=self.satellites.http,
+                jwks=self.satellites.jwks,
+                allowed_hosts=tuple(self.settings.upstream_allowed_hosts),
+                timeout=self.settings.jwks_timeout_seconds,
+            ),
+            public_url=self.settings.public_url,
+        )
+        self.oidc = OidcFlow(browser=browser, rules=self.provider_rules)
         self.authenticator = Authenticator(
             settings=self.settings,
             audit=self.audit,
@@ -201,6 +219,7 @@ class Runtime:
             try:
                 await self.signing_keys.load(create_if_missing=False)
                 await self.revocations.prune()
+                await prune_expired(self.sessionmaker)
                 await self.apikeys.flush_usage()
             except Exception as exc:  # a transient database error must not kill the loop
                 log.error("background_refresh_failed", error=repr(exc))

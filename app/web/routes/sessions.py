@@ -6,11 +6,13 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi.responses import JSONResponse
 
-from app.browser_sessions import service
+from app.browser_sessions import oidc, service
 from app.browser_sessions.schemas import (
     ExchangeRequest,
     ExchangeResponse,
+    LogoutRedirect,
     SessionCreate,
     SessionCreated,
     SessionInfo,
@@ -26,7 +28,7 @@ router = APIRouter(prefix="/sessions", tags=["browser sessions"])
 internal_router = APIRouter(prefix="/internal/v1/sessions", tags=["session exchange"])
 
 
-def _set_cookies(response: Response, settings: Settings, new: service.NewSession) -> None:
+def set_session_cookies(response: Response, settings: Settings, new: service.NewSession) -> None:
     secure = settings.session_cookie_secure
     response.set_cookie(
         service.SESSION_COOKIE,
@@ -76,7 +78,7 @@ async def create_session(
     new = await service.create_session(
         session, runtime.browser, body, request.headers.get("origin")
     )
-    _set_cookies(response, runtime.settings, new)
+    set_session_cookies(response, runtime.settings, new)
     return SessionCreated(session=SessionInfo.model_validate(new.row), csrf_token=new.csrf_token)
 
 
@@ -92,13 +94,29 @@ async def list_sessions(
     return Page(items=items, next_cursor=cursor)
 
 
-@router.delete("/current", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/current",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={200: {"model": LogoutRedirect}},
+)
 async def logout(
-    principal: ViewerPrincipal, session: TenantSession, runtime: RuntimeDep
+    principal: ViewerPrincipal,
+    session: TenantSession,
+    runtime: RuntimeDep,
+    post_logout_redirect_uri: str | None = None,
 ) -> Response:
-    """Log out: revoke this session and clear both cookies."""
+    """Log out: revoke this session and clear both cookies. A session signed in through an
+    identity provider with an `end_session_endpoint` answers 200 with the URL that ends the
+    provider's session too (RP-initiated logout); the page navigates there."""
+    end_session = await oidc.end_session_url(
+        session, runtime.oidc, principal, post_logout_redirect_uri
+    )
     await service.revoke_current(session, runtime.browser, principal)
-    response = Response(status_code=status.HTTP_204_NO_CONTENT)
+    response: Response
+    if end_session is None:
+        response = Response(status_code=status.HTTP_204_NO_CONTENT)
+    else:
+        response = JSONResponse(LogoutRedirect(end_session_url=end_session).model_dump())
     _clear_cookies(response, runtime.settings)
     return response
 
@@ -123,9 +141,14 @@ async def service_principal(request: Request, runtime: RuntimeDep) -> Principal:
 ServicePrincipal = Annotated[Principal, Depends(service_principal)]
 
 
-@internal_router.post("/exchange", response_model=ExchangeResponse)
+@internal_router.post(
+    "/exchange", response_model=ExchangeResponse, response_model_exclude_none=True
+)
 async def exchange(
     body: ExchangeRequest, caller: ServicePrincipal, session: DbSession, runtime: RuntimeDep
 ) -> ExchangeResponse:
-    """East-west only: a live session (the cookie's value) → an access token and its claims."""
-    return await service.exchange(session, runtime.browser, caller, body.session_id)
+    """East-west only: a live session (the cookie's value) → an access token and its claims;
+    for a session signed in through an identity provider, also who the provider says the user
+    is and (scope `sessions:idp_token`) the provider's current access token."""
+    answer = await service.exchange(session, runtime.browser, caller, body.session_id)
+    return await oidc.add_provider_identity(session, runtime.oidc, caller, answer)

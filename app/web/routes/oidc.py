@@ -1,0 +1,79 @@
+"""`/sessions/oidc/…`: signing a browser in through the tenant's identity provider, and the
+provider's back-channel logout."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi.responses import RedirectResponse
+
+from app.browser_sessions import oidc
+from app.core.errors import AppError
+from app.web.deps import DbSession, LoginAttempt, RuntimeDep
+from app.web.routes.sessions import set_session_cookies
+
+router = APIRouter(prefix="/sessions/oidc", tags=["browser sessions"])
+MAX_FORM_BYTES = 32 * 1024
+
+
+async def _logout_token(request: Request) -> str:
+    """The `logout_token` of an `application/x-www-form-urlencoded` body (400 without one)."""
+    body = await request.body()
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    fields: dict[str, list[str]] = {}
+    if content_type == "application/x-www-form-urlencoded" and len(body) <= MAX_FORM_BYTES:
+        try:
+            fields = parse_qs(body.decode("ascii"), max_num_fields=10, strict_parsing=False)
+        except (UnicodeDecodeError, ValueError):
+            fields = {}
+    values = fields.get("logout_token", [])
+    if len(values) != 1 or not values[0]:
+        raise AppError("Send one logout_token, form-encoded.", code="invalid_logout_token")
+    return values[0]
+
+
+@router.post("/backchannel-logout", status_code=status.HTTP_200_OK)
+async def backchannel_logout(
+    logout_token: Annotated[str, Depends(_logout_token)], session: DbSession, runtime: RuntimeDep
+) -> Response:
+    """OpenID Connect Back-Channel Logout 1.0: the provider ends sessions (by `sid` or `sub`).
+    Body: `logout_token=<JWT>` (`application/x-www-form-urlencoded`)."""
+    await oidc.backchannel_logout(session, runtime.oidc, logout_token)
+    return Response(status_code=status.HTTP_200_OK, headers={"Cache-Control": "no-store"})
+
+
+@router.get(
+    "/{tenant}/{provider}/start",
+    status_code=status.HTTP_303_SEE_OTHER,
+    dependencies=[LoginAttempt],
+    response_class=RedirectResponse,
+)
+async def start(
+    tenant: str,
+    provider: str,
+    session: DbSession,
+    runtime: RuntimeDep,
+    return_to: str | None = None,
+) -> RedirectResponse:
+    """Redirect the browser to the provider (code flow, PKCE S256, state and nonce)."""
+    url = await oidc.start(session, runtime.oidc, tenant, provider, return_to)
+    return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.get(
+    "/{tenant}/{provider}/callback",
+    status_code=status.HTTP_303_SEE_OTHER,
+    dependencies=[LoginAttempt],
+    response_class=RedirectResponse,
+)
+async def callback(
+    tenant: str, provider: str, request: Request, session: DbSession, runtime: RuntimeDep
+) -> RedirectResponse:
+    """The provider's redirect back: a browser session (cookie + CSRF token), then `return_to`."""
+    params = {key: value for key, value in request.query_params.items()}
+    new, return_to = await oidc.callback(session, runtime.oidc, tenant, provider, params)
+    response = RedirectResponse(return_to, status_code=status.HTTP_303_SEE_OTHER)
+    set_session_cookies(response, runtime.settings, new)
+    return response
