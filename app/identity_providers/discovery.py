@@ -172,6 +172,12 @@ async def discover(client: ProviderClient, issuer: str, client_auth: str) -> dic
     if status != 200:
         raise DiscoveryError(f"discovery: {url} answered {status}")
     metadata = validate_metadata(issuer, document, client.allowed_hosts, client_auth)
+    # Warden itself calls the token endpoint: its address must pass the guard now, not only at
+    # the first sign-in (the JWKS fetch below checks jwks_uri the same way).
+    try:
+        await check_outbound_url(metadata["token_endpoint"], client.allowed_hosts)
+    except OutboundRefused as exc:
+        raise DiscoveryError(f"discovery: token_endpoint: {exc}") from exc
     client.jwks.forget(metadata["jwks_uri"])
     try:
         keys = await client.jwks.get(metadata["jwks_uri"])
