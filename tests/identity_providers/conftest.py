@@ -38,8 +38,12 @@ class Warden:
 
 
 @contextlib.asynccontextmanager
-async def serve_warden(**overrides: Any) -> AsyncIterator[Warden]:
-    """Warden with its lifespan in a uvicorn thread; PUBLIC_URL is its own address."""
+async def serve_warden(page: str | None = None, **overrides: Any) -> AsyncIterator[Warden]:
+    """Warden with its lifespan in a uvicorn thread; PUBLIC_URL is its own address. With
+    `page`, `/app` serves that HTML from Warden's own origin (the BFF's page)."""
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, Response
+
     from app.main import create_app
 
     port = free_port()
@@ -47,6 +51,12 @@ async def serve_warden(**overrides: Any) -> AsyncIterator[Warden]:
         public_url=f"http://127.0.0.1:{port}", session_cookie_secure=False, **overrides
     )
     application = create_app(settings)
+    if page is not None:
+
+        async def serve_page(request: Request) -> Response:
+            return HTMLResponse(page)
+
+        application.add_route("/app", serve_page, methods=["GET"], include_in_schema=False)
     config = uvicorn.Config(
         application, host="127.0.0.1", port=port, log_config=None, lifespan="on"
     )
@@ -142,7 +152,7 @@ async def add_provider(
     client = await provider.register_client(
         [f"{warden}/api/v1/sessions/oidc/{tenant.slug}/{name}/callback"],
         backchannel_logout_uri=f"{warden}/api/v1/sessions/oidc/backchannel-logout",
-        post_logout_redirect_uris=[f"{warden}/", f"{warden}/bye"],
+        post_logout_redirect_uris=[f"{warden}/", f"{warden}/bye", f"{warden}/app"],
     )
     async with httpx.AsyncClient(base_url=warden, timeout=15) as c:
         r = await c.post(
