@@ -612,10 +612,18 @@ async def _fresh_tokens(
     session: AsyncSession, flow: OidcFlow, provider: IdentityProvider, row: OidcSession
 ) -> dict[str, Any]:
     """The session's IdP tokens, the access token refreshed when it expires within a minute."""
+    ahead = utcnow() + timedelta(seconds=REFRESH_AHEAD_SECONDS)
+    if row.access_expires_at is None or row.access_expires_at > ahead:
+        return provider_service.open_tokens(flow.rules.master, row)
+    # One refresh at a time per session (PostgreSQL row lock; SQLite serialises writers): two
+    # processes spending one rotating refresh token would look like reuse to the provider.
+    locked = await session.get(
+        OidcSession, row.browser_session_id, with_for_update=True, populate_existing=True
+    )
+    row = locked if locked is not None else row
     tokens = provider_service.open_tokens(flow.rules.master, row)
-    expires = row.access_expires_at
-    if expires is None or expires > utcnow() + timedelta(seconds=REFRESH_AHEAD_SECONDS):
-        return tokens
+    if row.access_expires_at is None or row.access_expires_at > ahead:
+        return tokens  # refreshed by someone else meanwhile
     refresh_token = tokens.get("refresh_token")
     if not isinstance(refresh_token, str):
         return tokens

@@ -273,3 +273,41 @@ class TestRefusals:
             r = await again.get(callback)
         assert r.status_code == 400
         assert r.json()["error"]["code"] == "oidc_state_invalid"
+
+
+class TestProviderTokens:
+    async def test_the_access_token_is_refreshed_before_it_expires(self, warden, runtime, internal):
+        tenant = await new_tenant(warden.url)
+        # Access tokens live 30 s, inside Warden's refresh margin: every use refreshes.
+        with run_provider(access_token_ttl=30) as short:
+            registered = await add_provider(warden.url, short, tenant, name="short")
+            async with httpx.AsyncClient(timeout=10) as browser:
+                signed = await sign_in(browser, warden.url, registered, f"ivy@{tenant.domain}")
+                key = await _api_key(
+                    warden.url, tenant.headers, "sessions:exchange", "sessions:idp_token"
+                )
+                seen = []
+                for _ in range(2):
+                    r = await internal.post(
+                        "/internal/v1/sessions/exchange",
+                        headers={"Authorization": f"Bearer {key}"},
+                        json={"session_id": signed.cookie},
+                    )
+                    assert r.status_code == 200, r.text
+                    token = r.json()["idp_access_token"]
+                    userinfo = await browser.get(
+                        f"{short.issuer}/me", headers={"Authorization": f"Bearer {token}"}
+                    )
+                    assert userinfo.status_code == 200, userinfo.text
+                    seen.append(token)
+                assert seen[0] != seen[1]  # the rotated refresh token worked a second time
+        events = await wait_for_events(runtime, tenant.id, "oidc.token_refreshed", 2)
+        assert len(events) == 2
+        # The provider is gone now: a refresh cannot happen, and the exchange says so.
+        r = await internal.post(
+            "/internal/v1/sessions/exchange",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"session_id": signed.cookie},
+        )
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"]
