@@ -92,10 +92,17 @@ async def find_link(
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def links_of_user(session: AsyncSession, user_id: uuid.UUID) -> list[IdentityLink]:
-    """A user's links to providers."""
-    stmt = select(IdentityLink).where(IdentityLink.user_id == user_id)  # type: ignore[arg-type]
-    return list((await session.execute(stmt)).scalars())
+async def links_of_user(
+    session: AsyncSession, user_id: uuid.UUID
+) -> list[tuple[IdentityLink, IdentityProvider]]:
+    """A user's links to providers, each with its provider."""
+    stmt = (
+        select(IdentityLink, IdentityProvider)
+        .join(IdentityProvider, IdentityProvider.id == IdentityLink.provider_id)  # type: ignore[arg-type]
+        .where(IdentityLink.user_id == user_id)  # type: ignore[arg-type]
+        .order_by(IdentityLink.created_at)  # type: ignore[arg-type]
+    )
+    return [(row[0], row[1]) for row in (await session.execute(stmt)).all()]
 
 
 async def consume_login(

@@ -48,6 +48,16 @@ class BrowserSessionView(PublicModel):
     ip: str | None
 
 
+class IdentityLinkView(BaseModel):
+    """An identity provider's account linked to the user (signing in through it)."""
+
+    provider: str
+    issuer: str
+    subject: str
+    created_at: datetime
+    last_login_at: datetime
+
+
 class MeExport(BaseModel):
     """`GET /me/export`: everything Warden holds about the caller (streamed as one JSON object)."""
 
@@ -57,4 +67,5 @@ class MeExport(BaseModel):
     refresh_sessions: list[RefreshSessionView]
     browser_sessions: list[BrowserSessionView]
     api_keys: list[ApiKeyPublic]
+    identity_links: list[IdentityLinkView]
     audit_events: list[AuditEventPublic]

@@ -35,7 +35,13 @@ from app.credentials import browser_repository as browser_sessions
 from app.credentials import refresh as refresh_tokens
 from app.credentials.browser import SessionStore
 from app.credentials.revocation import RevocationStore
-from app.privacy.schemas import BrowserSessionView, ProfileView, RefreshSessionView
+from app.identity_providers import repository as identity_providers
+from app.privacy.schemas import (
+    BrowserSessionView,
+    IdentityLinkView,
+    ProfileView,
+    RefreshSessionView,
+)
 from app.tenants.models import Tenant
 from app.tenants.schemas import TenantPublic
 from app.users.models import User
@@ -93,6 +99,16 @@ async def export_me(
         "api_keys": [
             ApiKeyPublic.model_validate(r).model_dump(mode="json")
             for r in await apikeys.created_by(session, user.id)
+        ],
+        "identity_links": [
+            IdentityLinkView(
+                provider=provider.name,
+                issuer=provider.issuer,
+                subject=link.subject,
+                created_at=link.created_at,
+                last_login_at=link.last_login_at,
+            ).model_dump(mode="json")
+            for link, provider in await identity_providers.links_of_user(session, user.id)
         ],
     }
     await record(

@@ -176,6 +176,16 @@ class TestSignIn:
             assert (await _me(warden.url, again.cookie)).json()["role"] == "owner"
         assert len(await wait_for_events(runtime, tenant.id, "oidc.user_linked")) == 1
         assert await count_users(runtime, tenant.id, tenant.owner_email) == 1
+        # The link is the user's data: it is in their export.
+        async with httpx.AsyncClient(base_url=warden.url, timeout=10) as c:
+            r = await c.get("/api/v1/me/export", headers={"Cookie": f"session_id={again.cookie}"})
+        assert r.status_code == 200, r.text
+        [link] = r.json()["identity_links"]
+        assert (link["provider"], link["issuer"], link["subject"]) == (
+            "corp",
+            provider.issuer,
+            tenant.owner_email,
+        )
 
 
 class TestRefusals:

@@ -105,6 +105,7 @@ class TestExport:
             "refresh_sessions",
             "browser_sessions",
             "api_keys",
+            "identity_links",
             "audit_events",
         }
         assert data["profile"]["id"] == admin.id
