@@ -24,7 +24,7 @@ from urllib.parse import urlencode, urlsplit
 
 import structlog
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.service import record
 from app.browser_sessions.schemas import ExchangeResponse, ProviderIdentity
@@ -395,7 +395,7 @@ async def _find_or_provision(
         raise _refuse(flow, tenant.id, provider, "email_not_verified", refusal)
     if not domain_ok:
         raise _refuse(flow, tenant.id, provider, "email_domain_not_allowed", refusal)
-    actor = Actor("identity_provider", str(provider.id), None)
+    actor = Actor("idp", str(provider.id), None)
     user = await users_repository.find_by_email(session, email)
     if user is not None:
         if not user.is_active:
@@ -609,10 +609,15 @@ async def callback(
 
 
 async def _fresh_tokens(
-    session: AsyncSession, flow: OidcFlow, provider: IdentityProvider, row: OidcSession
+    session: AsyncSession,
+    flow: OidcFlow,
+    provider: IdentityProvider,
+    row: OidcSession,
+    margin: int = REFRESH_AHEAD_SECONDS,
 ) -> dict[str, Any]:
-    """The session's IdP tokens, the access token refreshed when it expires within a minute."""
-    ahead = utcnow() + timedelta(seconds=REFRESH_AHEAD_SECONDS)
+    """The session's IdP tokens, the access token refreshed when it expires within `margin`
+    seconds."""
+    ahead = utcnow() + timedelta(seconds=margin)
     if row.access_expires_at is None or row.access_expires_at > ahead:
         return provider_service.open_tokens(flow.rules.master, row)
     # One refresh at a time per session (PostgreSQL row lock; SQLite serialises writers): two
@@ -688,6 +693,36 @@ async def add_provider_identity(
         access = tokens.get("access_token")
         response.idp_access_token = access if isinstance(access, str) else None
     return response
+
+
+async def refresh_expiring(
+    sessionmaker: async_sessionmaker[AsyncSession], flow: OidcFlow, *, limit: int = 200
+) -> int:
+    """Refresh the IdP access tokens of live sessions that expire within two minutes, so a
+    session's provider token stays usable while the session lives (the runtime calls this
+    every minute; the row lock keeps two processes from spending one refresh token). Tokens
+    already expired are left to the next exchange. Returns how many were refreshed."""
+    now = utcnow()
+    margin = 2 * REFRESH_AHEAD_SECONDS
+    async with sessionmaker() as session:
+        due = await providers.sessions_to_refresh(
+            session, now, now + timedelta(seconds=margin), limit
+        )
+    refreshed = 0
+    for browser_session_id, tenant_id in due:
+        try:
+            async with sessionmaker() as session, session.begin():
+                set_session_tenant(session, tenant_id)
+                row = await providers.oidc_session(session, browser_session_id)
+                provider = await session.get(IdentityProvider, row.provider_id) if row else None
+                if row is None or provider is None:
+                    continue
+                before = row.refreshed_at
+                await _fresh_tokens(session, flow, provider, row, margin)
+                refreshed += row.refreshed_at != before
+        except AppError as exc:  # the provider refused or is down: the next round tries again
+            log.info("oidc_refresh_skipped", reason=exc.code)
+    return refreshed
 
 
 # --- logout ---------------------------------------------------------------------------------
@@ -827,7 +862,7 @@ async def backchannel_logout(session: AsyncSession, flow: OidcFlow, raw: str) ->
         session,
         tenant_id=provider.tenant_id,
         action="oidc.backchannel_logout",
-        actor=Actor("identity_provider", str(provider.id), None),
+        actor=Actor("idp", str(provider.id), None),
         target_type="identity_provider",
         target_id=str(provider.id),
         details={

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import column, func, select, table, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import SKIP_TENANT_FILTER
@@ -157,3 +157,26 @@ async def oidc_sessions_for(
     if subject is not None:
         stmt = stmt.where(OidcSession.subject == subject)  # type: ignore[arg-type]
     return list((await session.execute(stmt)).scalars())
+
+
+async def sessions_to_refresh(
+    session: AsyncSession, now: datetime, before: datetime, limit: int
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """(browser session, tenant) of every tenant's live sessions whose IdP access token expires
+    between `now` and `before`. Cross-tenant on purpose: one background task serves them all.
+    The browser session's own table is named, not imported (it belongs to `credentials`)."""
+    browser = table("browser_sessions", column("id"), column("revoked_at"), column("expires_at"))
+    stmt = (
+        select(OidcSession.browser_session_id, OidcSession.tenant_id)  # type: ignore[call-overload]
+        .join(browser, browser.c.id == OidcSession.browser_session_id)
+        .where(
+            OidcSession.access_expires_at > now,  # type: ignore[operator]
+            OidcSession.access_expires_at < before,  # type: ignore[operator]
+            browser.c.revoked_at.is_(None),
+            browser.c.expires_at > now,
+        )
+        .order_by(OidcSession.access_expires_at)
+        .limit(limit)
+        .execution_options(**{SKIP_TENANT_FILTER: True})
+    )
+    return [(row[0], row[1]) for row in (await session.execute(stmt)).all()]

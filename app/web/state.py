@@ -26,7 +26,7 @@ from app.authz.pipeline import DecisionPipeline
 from app.authz.relay import Relay
 from app.authz.upstream import NoCookies, UpstreamTransport
 from app.browser_sessions import service as browser_sessions
-from app.browser_sessions.oidc import OidcFlow
+from app.browser_sessions.oidc import OidcFlow, refresh_expiring
 from app.browser_sessions.service import BrowserSessions
 from app.core.config import Settings
 from app.core.crypto import KeyRing
@@ -212,6 +212,18 @@ class Runtime:
         self.bus.start()
         self.audit.start()
         self._tasks.append(asyncio.create_task(self._reload_keys(), name="key-reload"))
+        self._tasks.append(
+            asyncio.create_task(self._refresh_provider_tokens(), name="idp-token-refresh")
+        )
+
+    async def _refresh_provider_tokens(self) -> None:
+        # Its own task: a slow identity provider must not hold up key reloads.
+        while True:
+            await asyncio.sleep(KEY_RELOAD_SECONDS)
+            try:
+                await refresh_expiring(self.sessionmaker, self.oidc)
+            except Exception as exc:  # a transient database error must not kill the loop
+                log.error("idp_token_refresh_failed", error=repr(exc))
 
     async def _reload_keys(self) -> None:
         while True:

@@ -321,3 +321,17 @@ class TestProviderTokens:
         )
         assert r.status_code == 503, r.text
         assert r.headers["retry-after"]
+
+    async def test_a_background_round_refreshes_tokens_about_to_expire(self, warden, runtime):
+        from app.browser_sessions.oidc import refresh_expiring
+
+        tenant = await new_tenant(warden.url)
+        with run_provider(access_token_ttl=90) as short:
+            registered = await add_provider(warden.url, short, tenant, name="bg")
+            async with httpx.AsyncClient(timeout=10) as browser:
+                await sign_in(browser, warden.url, registered, f"jo@{tenant.domain}")
+            # Expires in 90 s: inside the two-minute window of the background round.
+            assert await refresh_expiring(runtime.sessionmaker, runtime.oidc) >= 1
+            events = await wait_for_events(runtime, tenant.id, "oidc.token_refreshed")
+            assert len(events) == 1
+            assert events[0].details["provider"] == "bg"
