@@ -725,6 +725,31 @@ async def refresh_expiring(
     return refreshed
 
 
+async def _revoke_linked(
+    session: AsyncSession, flow: OidcFlow, rows: list[OidcSession]
+) -> list[BrowserSession]:
+    """Revoke the live browser sessions behind these IdP sessions (every process, at once)."""
+    browser_rows: list[BrowserSession] = []
+    for row in rows:
+        found = await browser_repository.get(session, row.browser_session_id)
+        if found is not None and found.revoked_at is None:
+            browser_rows.append(found)
+    await flow.browser.store.revoke(session, browser_rows)
+    return browser_rows
+
+
+async def delete_provider(
+    session: AsyncSession, flow: OidcFlow, principal: Principal, provider_id: uuid.UUID
+) -> None:
+    """`DELETE /identity-providers/{id}`: the sessions it vouched for end with it."""
+    provider = await provider_service.get_provider(session, provider_id)
+    rows = await providers.oidc_sessions_for(session, provider.id, sid=None, subject=None)
+    ended = await _revoke_linked(session, flow, rows)
+    await provider_service.delete_provider(
+        session, principal, provider_id, sessions_ended=len(ended)
+    )
+
+
 # --- logout ---------------------------------------------------------------------------------
 
 
@@ -852,12 +877,7 @@ async def backchannel_logout(session: AsyncSession, flow: OidcFlow, raw: str) ->
     set_session_tenant(session, provider.tenant_id)
     sid, sub = claims.get("sid"), claims.get("sub")
     rows = await providers.oidc_sessions_for(session, provider.id, sid=sid, subject=sub)
-    browser_rows: list[BrowserSession] = []
-    for row in rows:
-        found_row = await browser_repository.get(session, row.browser_session_id)
-        if found_row is not None and found_row.revoked_at is None:
-            browser_rows.append(found_row)
-    await flow.browser.store.revoke(session, browser_rows)
+    browser_rows = await _revoke_linked(session, flow, rows)
     await record(
         session,
         tenant_id=provider.tenant_id,

@@ -297,11 +297,12 @@ async def update_provider(
 
 
 async def delete_provider(
-    session: AsyncSession, principal: Principal, provider_id: uuid.UUID
+    session: AsyncSession, principal: Principal, provider_id: uuid.UUID, *, sessions_ended: int
 ) -> None:
-    """`DELETE /identity-providers/{id}` (its links and pending sign-ins go with it)."""
+    """Delete a provider (its links and pending sign-ins go with it); the caller has ended the
+    browser sessions it vouched for (`sessions_ended`, audited)."""
     row = await repository.get(session, provider_id)
-    details = _details(row)
+    details = _details(row) | {"sessions_ended": sessions_ended}
     await session.delete(row)
     await session.flush()
     await record(

@@ -335,3 +335,20 @@ class TestProviderTokens:
             events = await wait_for_events(runtime, tenant.id, "oidc.token_refreshed")
             assert len(events) == 1
             assert events[0].details["provider"] == "bg"
+
+
+class TestProviderRemoval:
+    async def test_deleting_a_provider_ends_its_sessions(self, warden, provider, runtime):
+        tenant = await new_tenant(warden.url)
+        registered = await add_provider(warden.url, provider, tenant)
+        async with httpx.AsyncClient(timeout=10) as browser:
+            signed = await sign_in(browser, warden.url, registered, f"lee@{tenant.domain}")
+        assert (await _me(warden.url, signed.cookie)).status_code == 200
+        async with httpx.AsyncClient(base_url=warden.url, timeout=10) as c:
+            r = await c.delete(
+                f"/api/v1/identity-providers/{registered.body['id']}", headers=tenant.headers
+            )
+        assert r.status_code == 204, r.text
+        assert (await _me(warden.url, signed.cookie)).status_code == 401
+        [event] = await wait_for_events(runtime, tenant.id, "identity_provider.deleted")
+        assert event.details["sessions_ended"] == 1

@@ -7,6 +7,7 @@ import uuid
 
 from fastapi import APIRouter, Depends, Response, status
 
+from app.browser_sessions import oidc
 from app.core.pagination import Page, PageParams, page_params
 from app.identity_providers import service
 from app.identity_providers.schemas import (
@@ -73,8 +74,8 @@ async def update_provider(
 
 @router.delete("/{provider_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_provider(
-    provider_id: uuid.UUID, principal: AdminPrincipal, session: TenantSession
+    provider_id: uuid.UUID, principal: AdminPrincipal, session: TenantSession, runtime: RuntimeDep
 ) -> Response:
-    """Remove a provider (sign-ins through it stop at once)."""
-    await service.delete_provider(session, principal, provider_id)
+    """Remove a provider: sign-ins through it stop, and the sessions it vouched for end."""
+    await oidc.delete_provider(session, runtime.oidc, principal, provider_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
