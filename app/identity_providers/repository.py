@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import column, func, select, table, update
+from sqlalchemy import column, delete, func, select, table, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import SKIP_TENANT_FILTER
@@ -130,8 +130,6 @@ async def consume_login(
 
 async def prune_logins(session: AsyncSession, before: datetime) -> None:
     """Forget pending sign-ins that expired before `before` (every tenant's)."""
-    from sqlalchemy import delete
-
     await session.execute(
         delete(OidcLogin)
         .where(OidcLogin.expires_at < before)  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 
-from app.browser_sessions import oidc
+from app.browser_sessions import oidc, oidc_logout
 from app.core import jose
 from app.core.db import set_session_tenant
 from app.identity_providers.models import IdentityProvider, OidcSession
@@ -294,7 +294,7 @@ class TestLogoutToken:
             "iat": now,
             "exp": now + 120,
             "jti": uuid.uuid4().hex,
-            "events": {oidc.BACKCHANNEL_EVENT: {}},
+            "events": {oidc_logout.BACKCHANNEL_EVENT: {}},
         }
         claims.update(changes)
         return str(provider.sign({k: v for k, v in claims.items() if v is not None}))
@@ -337,7 +337,7 @@ class TestLogoutToken:
             "iat": now,
             "exp": now + 120,
             "jti": "j",
-            "events": {oidc.BACKCHANNEL_EVENT: {}},
+            "events": {oidc_logout.BACKCHANNEL_EVENT: {}},
             "sid": row.sid,
         }
         forged = [

@@ -7,7 +7,7 @@ import uuid
 
 from fastapi import APIRouter, Depends, Response, status
 
-from app.browser_sessions import oidc
+from app.browser_sessions import oidc_logout
 from app.core.pagination import Page, PageParams, page_params
 from app.identity_providers import service
 from app.identity_providers.schemas import (
@@ -77,5 +77,5 @@ async def delete_provider(
     provider_id: uuid.UUID, principal: AdminPrincipal, session: TenantSession, runtime: RuntimeDep
 ) -> Response:
     """Remove a provider: sign-ins through it stop, and the sessions it vouched for end."""
-    await oidc.delete_provider(session, runtime.oidc, principal, provider_id)
+    await oidc_logout.delete_provider(session, runtime.oidc, principal, provider_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

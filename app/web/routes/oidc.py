@@ -9,7 +9,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.responses import RedirectResponse
 
-from app.browser_sessions import oidc
+from app.browser_sessions import oidc, oidc_logout
 from app.core.errors import AppError
 from app.web.deps import DbSession, LoginAttempt, RuntimeDep
 from app.web.routes.sessions import set_session_cookies
@@ -40,7 +40,7 @@ async def backchannel_logout(
 ) -> Response:
     """OpenID Connect Back-Channel Logout 1.0: the provider ends sessions (by `sid` or `sub`).
     Body: `logout_token=<JWT>` (`application/x-www-form-urlencoded`)."""
-    await oidc.backchannel_logout(session, runtime.oidc, logout_token)
+    await oidc_logout.backchannel_logout(session, runtime.oidc, logout_token)
     return Response(status_code=status.HTTP_200_OK, headers={"Cache-Control": "no-store"})
 
 

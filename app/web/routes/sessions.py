@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from app.browser_sessions import oidc, service
+from app.browser_sessions import oidc, oidc_logout, service
 from app.browser_sessions.schemas import (
     ExchangeRequest,
     ExchangeResponse,
@@ -108,7 +108,7 @@ async def logout(
     """Log out: revoke this session and clear both cookies. A session signed in through an
     identity provider with an `end_session_endpoint` answers 200 with the URL that ends the
     provider's session too (RP-initiated logout); the page navigates there."""
-    end_session = await oidc.end_session_url(
+    end_session = await oidc_logout.end_session_url(
         session, runtime.oidc, principal, post_logout_redirect_uri
     )
     await service.revoke_current(session, runtime.browser, principal)
