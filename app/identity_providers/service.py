@@ -269,12 +269,15 @@ async def update_provider(
     provider_id: uuid.UUID,
     data: IdentityProviderUpdate,
 ) -> IdentityProvider:
-    """`PATCH /identity-providers/{id}`: a new issuer is discovered and checked again."""
+    """`PATCH /identity-providers/{id}`: an `issuer` in the body is discovered and checked
+    again."""
     row = await repository.get(session, provider_id)
     changes = data.model_dump(exclude_unset=True, exclude={"client_secret"})
     if data.client_secret is not None and row.client_auth == "private_key_jwt":
         raise Unprocessable("client_secret: not used with private_key_jwt", code="validation_error")
-    if changes.get("issuer") is not None and changes["issuer"] != row.issuer:
+    if changes.get("issuer") is not None:
+        # Sending the issuer again (even unchanged) re-reads its discovery document: the way to
+        # pick up endpoints the provider moved.
         row.provider_metadata = await _discover_or_422(rules, changes["issuer"], row.client_auth)
     for name, value in changes.items():
         if value is not None:

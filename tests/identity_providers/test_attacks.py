@@ -25,6 +25,7 @@ from tests.identity_providers.conftest import (
     add_provider,
     authorization_params,
     new_tenant,
+    serve_warden,
     sign_in,
     wait_for_events,
 )
@@ -380,3 +381,16 @@ class TestLogoutToken:
         assert await _me(warden.url, in_beta.cookie) == 200
         events = await wait_for_events(runtime, alpha.id, "oidc.backchannel_logout")
         assert events[-1].details["by"] == "sub"
+
+
+class TestRateLimit:
+    async def test_starting_sign_ins_is_limited_like_password_login(self, provider, app):
+        async with serve_warden(login_rate_limit="2/minute") as limited:
+            tenant = await new_tenant(limited.url)  # registration counts against it too
+            registered = await add_provider(limited.url, provider, tenant)
+            async with httpx.AsyncClient(timeout=10) as browser:
+                statuses = [(await browser.get(registered.start_url)).status_code for _ in range(3)]
+                r = await browser.get(registered.start_url)
+        assert 429 in statuses
+        assert r.status_code == 429
+        assert r.headers["retry-after"]

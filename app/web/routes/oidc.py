@@ -62,10 +62,11 @@ async def start(
     return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER)
 
 
+# Not counted against the login limit again: a callback needs a live `state`, which only a
+# (counted) start hands out, and a wrong one is refused before any call to the provider.
 @router.get(
     "/{tenant}/{provider}/callback",
     status_code=status.HTTP_303_SEE_OTHER,
-    dependencies=[LoginAttempt],
     response_class=RedirectResponse,
 )
 async def callback(
