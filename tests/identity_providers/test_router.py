@@ -233,8 +233,10 @@ class TestLifecycle:
         await runtime.audit.flush()
         async with runtime.sessionmaker() as db:
             set_session_tenant(db, uuid.UUID(tenant.id))
-            stmt = select(AuditEvent).where(
-                AuditEvent.action.like("identity_provider.%")  # type: ignore[attr-defined]
+            stmt = (
+                select(AuditEvent)
+                .where(AuditEvent.action.like("identity_provider.%"))  # type: ignore[attr-defined]
+                .order_by(AuditEvent.seq)  # type: ignore[arg-type]
             )
             events = list((await db.execute(stmt)).scalars())
         assert [e.action for e in events] == [
