@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode, urlsplit
 
 import structlog
@@ -70,6 +70,7 @@ MAX_PARAM = 2048
 MAX_GROUPS = 100
 _ERROR_CODE = re.compile(r"\A[a-z_]{1,64}\Z")
 _ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+BINDING_COOKIE_PREFIX = "warden_oidc_"
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,23 @@ class ProviderDown(ServiceUnavailable):
     message = "The identity provider is unavailable; try again shortly."
 
 
+class StartedSignIn(NamedTuple):
+    """Where to send the browser, and the cookie that ties the sign-in to that browser."""
+
+    url: str
+    cookie_name: str
+    cookie_value: str
+
+
 # --- small helpers --------------------------------------------------------------------------
+
+
+def binding_cookie(state: str) -> str:
+    """The name of the cookie that binds a pending sign-in to the browser that started it
+    (RFC 6749 §10.12): a callback arriving in another browser — a victim sent an attacker's
+    callback URL — finds no such cookie and is refused (no login CSRF). One per sign-in, so
+    sign-ins started in two tabs do not overwrite each other."""
+    return BINDING_COOKIE_PREFIX + sha256_hex(state)[:16]
 
 
 def _b64(raw: bytes) -> str:
@@ -253,9 +270,10 @@ async def verify_id_token(
 
 async def start(
     session: AsyncSession, flow: OidcFlow, tenant_slug: str, name: str, return_to: str | None
-) -> str:
+) -> StartedSignIn:
     """Begin a sign-in: the provider's authorization URL with `state`, `nonce` and PKCE S256;
-    what the callback needs is kept here, single use, for `LOGIN_TTL_SECONDS`."""
+    what the callback needs is kept here, single use, for `LOGIN_TTL_SECONDS`; the browser
+    keeps the state in a binding cookie the callback must present."""
     tenant, provider = await _tenant_and_provider(session, tenant_slug, name)
     target = checked_return_to(flow, return_to)
     state = secrets.token_urlsafe(32)
@@ -295,7 +313,8 @@ async def start(
         "code_challenge_method": "S256",
     }
     endpoint = provider.provider_metadata["authorization_endpoint"]
-    return endpoint + ("&" if urlsplit(endpoint).query else "?") + urlencode(params)
+    url = endpoint + ("&" if urlsplit(endpoint).query else "?") + urlencode(params)
+    return StartedSignIn(url, binding_cookie(state), state)
 
 
 # --- callback -------------------------------------------------------------------------------
@@ -433,9 +452,11 @@ async def callback(
     tenant_slug: str,
     name: str,
     params: Mapping[str, str],
+    cookies: Mapping[str, str],
 ) -> tuple[NewSession, str]:
-    """Finish a sign-in: the state spent once, the code exchanged, the ID token verified, the
-    user found or provisioned, a browser session opened. Returns it and where to go next."""
+    """Finish a sign-in: the state checked against the browser's binding cookie and spent
+    once, the code exchanged, the ID token verified, the user found or provisioned, a browser
+    session opened. Returns it and where to go next."""
     tenant, provider = await _tenant_and_provider(session, tenant_slug, name)
     state = params.get("state", "")
     if not state or len(state) > MAX_PARAM:
@@ -445,6 +466,19 @@ async def callback(
             provider,
             "state_missing",
             AppError("The sign-in has no state; start again.", code="oidc_state_invalid"),
+        )
+    bound = cookies.get(binding_cookie(state), "")
+    if not hmac.compare_digest(bound.encode(), state.encode()):
+        # Refused before the state is spent: a forwarded callback cannot burn the real one.
+        raise _refuse(
+            flow,
+            tenant.id,
+            provider,
+            "browser_mismatch",
+            AppError(
+                "This sign-in was started in another browser; start again here.",
+                code="oidc_state_invalid",
+            ),
         )
     login = await providers.consume_login(session, provider.id, sha256_hex(state), utcnow())
     if login is None:

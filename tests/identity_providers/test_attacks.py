@@ -29,6 +29,7 @@ from tests.identity_providers.conftest import (
     sign_in,
     wait_for_events,
 )
+from tests.sessions.conftest import set_cookies
 from tests.support.oidc_provider import KID, provider_login
 
 
@@ -81,7 +82,26 @@ class TestStateAndCode:
             assert r.json()["error"]["code"] == "oidc_state_invalid"
             assert "set-cookie" not in r.headers
         events = await wait_for_events(runtime, setup.tenant.id, "oidc.sign_in_failed", 2)
-        assert {"state_invalid", "state_missing"} <= {e.details["reason"] for e in events}
+        assert {"browser_mismatch", "state_missing"} <= {e.details["reason"] for e in events}
+
+    async def test_a_callback_sent_to_another_browser_is_refused(self, warden, setup, runtime):
+        """Login CSRF: an attacker signs in as themselves and sends the callback URL to a
+        victim; the victim's browser has no binding cookie, so it is not signed in as the
+        attacker, and the attacker's own sign-in is not burned by the attempt."""
+        async with httpx.AsyncClient(timeout=10) as attacker:
+            callback = await provider_login(
+                attacker, setup.start_url, f"csrf@{setup.tenant.domain}", warden=warden.url
+            )
+            async with httpx.AsyncClient(timeout=10) as victim:
+                r = await victim.get(callback)
+            assert r.status_code == 400
+            assert r.json()["error"]["code"] == "oidc_state_invalid"
+            assert "set-cookie" not in r.headers
+            r = await attacker.get(callback)
+            assert r.status_code == 303, r.text
+            assert "session_id" in set_cookies(r)
+        events = await wait_for_events(runtime, setup.tenant.id, "oidc.sign_in_failed")
+        assert "browser_mismatch" in {e.details["reason"] for e in events}
 
     async def test_replayed_state_and_code_are_refused(self, warden, setup):
         async with httpx.AsyncClient(timeout=10) as browser:

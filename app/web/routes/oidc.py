@@ -44,6 +44,11 @@ async def backchannel_logout(
     return Response(status_code=status.HTTP_200_OK, headers={"Cache-Control": "no-store"})
 
 
+def _callback_path(request: Request) -> str:
+    """The callback's path beside this start path (the binding cookie is sent only there)."""
+    return request.url.path.rsplit("/", 1)[0] + "/callback"
+
+
 @router.get(
     "/{tenant}/{provider}/start",
     status_code=status.HTTP_303_SEE_OTHER,
@@ -53,13 +58,25 @@ async def backchannel_logout(
 async def start(
     tenant: str,
     provider: str,
+    request: Request,
     session: DbSession,
     runtime: RuntimeDep,
     return_to: str | None = None,
 ) -> RedirectResponse:
-    """Redirect the browser to the provider (code flow, PKCE S256, state and nonce)."""
-    url = await oidc.start(session, runtime.oidc, tenant, provider, return_to)
-    return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER)
+    """Redirect the browser to the provider (code flow, PKCE S256, state and nonce); a
+    short-lived HttpOnly cookie binds the sign-in to this browser."""
+    started = await oidc.start(session, runtime.oidc, tenant, provider, return_to)
+    response = RedirectResponse(started.url, status_code=status.HTTP_303_SEE_OTHER)
+    response.set_cookie(
+        started.cookie_name,
+        started.cookie_value,
+        max_age=oidc.LOGIN_TTL_SECONDS,
+        path=_callback_path(request),
+        secure=runtime.settings.session_cookie_secure,
+        httponly=True,
+        samesite="lax",  # sent on the provider's top-level redirect back, not on cross-site posts
+    )
+    return response
 
 
 # Not counted against the login limit again: a callback needs a live `state`, which only a
@@ -74,7 +91,16 @@ async def callback(
 ) -> RedirectResponse:
     """The provider's redirect back: a browser session (cookie + CSRF token), then `return_to`."""
     params = {key: value for key, value in request.query_params.items()}
-    new, return_to = await oidc.callback(session, runtime.oidc, tenant, provider, params)
+    new, return_to = await oidc.callback(
+        session, runtime.oidc, tenant, provider, params, request.cookies
+    )
     response = RedirectResponse(return_to, status_code=status.HTTP_303_SEE_OTHER)
     set_session_cookies(response, runtime.settings, new)
+    response.delete_cookie(
+        oidc.binding_cookie(params["state"]),
+        path=request.url.path,
+        secure=runtime.settings.session_cookie_secure,
+        httponly=True,
+        samesite="lax",
+    )
     return response
