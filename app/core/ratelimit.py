@@ -15,7 +15,7 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import structlog
 from limits import RateLimitItem, parse
@@ -284,6 +284,13 @@ class _Lease:
     reset_at: float
 
 
+class _Peeked(NamedTuple):
+    """A recent reading of a large window that had room."""
+
+    state: LimitState
+    until: float
+
+
 class RedisMovingWindows:
     """Moving windows in Redis, one round trip per call (a Lua script that spends and reports
     the window at once, instead of limits' acquire + stats), exact across processes.
@@ -299,11 +306,14 @@ class RedisMovingWindows:
     in any number of processes. The price is the other way: while slices are held, up to
     (processes times slice) units are reserved but unspent, so a caller may be refused up to that
     many requests early (at most 1% of the limit per process), and a slice whose process stops
-    asking is settled only when its entry leaves the window. Smaller limits are exact."""
+    asking is settled only when its entry leaves the window. Smaller limits are exact. A check
+    (`peek`) of a large limit with more than a slice of room left is answered from a reading
+    at most `LEASE_SECONDS` old."""
 
     LEASE_MIN_LIMIT = 1_000
     LEASE_FRACTION = 100
     LEASE_SECONDS = 1.0
+    PEEK_CACHE_SIZE = 50_000
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
@@ -312,6 +322,7 @@ class RedisMovingWindows:
         self._serial = itertools.count()
         self._leases: dict[str, _Lease] = {}
         self._refills: dict[str, asyncio.Future[None]] = {}
+        self._peeked: dict[str, _Peeked] = {}
 
     async def _call(
         self,
@@ -384,17 +395,28 @@ class RedisMovingWindows:
             done.set_result(None)
 
     async def peek(self, key: str, limit: int, period: int) -> LimitState:
-        """The window without spending (this process's unspent slice counts as room)."""
+        """The window without spending (this process's unspent slice counts as room). For a
+        large limit, a reading less than `LEASE_SECONDS` old that left more than a slice of room
+        answers again without a round trip: a check spends nothing, so it may be that stale."""
         now = time.time()
+        seen = self._peeked.get(key)
+        if seen is not None and now < seen.until:
+            return seen.state
         _, total, reset_at, _ = await self._call(key, limit, period, 0, now, now)
         lease = self._leases.get(key)
         if lease is not None and now < lease.until:
             total -= lease.granted - lease.spent
-        return LimitState(total < limit, limit, limit - total, reset_at)
+        state = LimitState(total < limit, limit, limit - total, reset_at)
+        if limit >= self.LEASE_MIN_LIMIT and limit - total > limit // self.LEASE_FRACTION:
+            if len(self._peeked) >= self.PEEK_CACHE_SIZE:
+                self._peeked.clear()
+            self._peeked[key] = _Peeked(state, now + self.LEASE_SECONDS)
+        return state
 
     def forget(self) -> None:
-        """Drop this process's slices (after the shared counters were reset)."""
+        """Drop this process's slices and readings (after the shared counters were reset)."""
         self._leases.clear()
+        self._peeked.clear()
 
 
 class AsyncLimiter:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -183,4 +184,29 @@ async def test_redis_down_fails_closed():
             await limiter.hit(RateLimitItemPerMinute(amount), _key())
     with pytest.raises(ServiceUnavailable):
         await limiter.peek(RateLimitItemPerMinute(5), _key())
+    await limiter.aclose()
+
+
+async def test_checks_of_a_large_limit_reuse_a_recent_reading_with_room(redis, monkeypatch):
+    monkeypatch.setattr(RedisMovingWindows, "LEASE_SECONDS", 0.2)
+    limiter = AsyncLimiter(REDIS, redis)
+    assert limiter.redis_windows is not None
+    counter = CountingScript(limiter.redis_windows)
+    roomy, tight = RateLimitItemPerMinute(1_000_000), RateLimitItemPerMinute(1_000)
+    key = _key()
+    states = [await limiter.peek(roomy, key) for _ in range(50)]
+    assert all(s.allowed for s in states)
+    assert counter.calls == 1  # one reading serves the checks of the next `LEASE_SECONDS`
+    await asyncio.sleep(0.25)
+    await limiter.peek(roomy, key)
+    assert counter.calls == 2  # an expired reading is read again
+    # Within a slice of the limit, every check reads Redis: near the limit it must be exact.
+    tight_key = _key()
+    now = time.time()
+    full_key = limiter._key(tight, (tight_key,))
+    await limiter.redis_windows._call(full_key, 1_000, 60, 995, now, now)  # 5 units left
+    calls = counter.calls
+    assert (await limiter.peek(tight, tight_key)).allowed
+    assert (await limiter.peek(tight, tight_key)).allowed
+    assert counter.calls == calls + 2
     await limiter.aclose()
