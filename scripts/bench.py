@@ -1,14 +1,20 @@
-"""Warden benchmark (never a test): requests/s and latency of Warden's hot routes next to a bare
-FastAPI hello-world served the same way, at the same concurrency, on this machine.
+"""Warden benchmark (never a test): requests/s, p99 latency and server CPU per request of
+Warden's hot routes next to a bare FastAPI hello-world, a raw ASGI hello-world and a bare
+FastAPI + httpx proxy, served the same way, at the same connection counts, on this machine.
 
-    scripts/bench [--concurrency 32] [--duration 10] [--json out.json]
+    scripts/bench [--connections 16,32,64] [--duration 6] [--json out.json]
                   [--database-url URL] [--redis-url URL] [--loadgen auto|wrk|python]
                   [--threads N] [--targets hello,authz_check,...]
 
-Starts Warden, an echo upstream and the hello-world app as separate uvicorn processes on
-127.0.0.1, seeds a tenant through the public API, then loads every target of `TARGETS` one after
-the other with wrk (or, without wrk, a Python asyncio load generator in its own process).
-Exits 1 when any measured request failed: such figures are not a benchmark.
+Starts Warden, an echo upstream and the reference apps as separate uvicorn processes on
+127.0.0.1, seeds a tenant through the public API, then, for every connection count, loads every
+target of `TARGETS` one after the other with wrk (or, without wrk, a Python asyncio load
+generator in its own process). With `--database-url` a fresh database is created next to the
+one named (and dropped afterwards); with `--redis-url` that Redis database is flushed first.
+
+CPU per request is the user + system time of the serving process (from `/proc/<pid>/stat`)
+spent while the target ran, divided by the requests completed. A request slower than 1 s is a
+failure (wrk `--timeout 1s`). Exits 1 when any measured request failed.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ PASSWORD = "bench-password-123456"  # noqa: S105  (a throwaway bench tenant)
 WARM_REQUESTS = 5
 SETTLE_SECONDS = 1.0
 READY_TIMEOUT_SECONDS = 30.0
-REQUEST_TIMEOUT_SECONDS = 10.0
+REQUEST_TIMEOUT_SECONDS = 1.0  # a slower answer is a failure (issue: no request over 1 s)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # --no-proxy-headers: only Warden's TRUST_FORWARDED_FOR decides whether X-Forwarded-For counts.
 UVICORN_FLAGS = ("--log-level", "warning", "--no-access-log", "--no-proxy-headers")
 
@@ -54,7 +61,7 @@ class Target:
     from the seed, `bearer` adds the owner's access token."""
 
     name: str
-    server: str  # "hello" or "warden"
+    server: str  # "hello", "raw", "proxy" or "warden"
     method: str
     path: str
     body: Any = None  # sent as JSON when not None
@@ -67,6 +74,8 @@ class Target:
 GATEWAY_HOST = "gateway.bench.example"  # bound to the decision endpoint (fresh database per run)
 TARGETS: tuple[Target, ...] = (
     Target("hello", "hello", "GET", "/hello"),
+    Target("raw_asgi", "raw", "GET", "/hello"),
+    Target("proxy_httpx", "proxy", "POST", "/echo", {"item": "bench", "qty": 3, "tags": ["a", "b"]}),  # noqa: E501
     Target("authz_check", "warden", "POST", "/api/v1/authz/check", {"endpoint": "{decision_slug}"}, bearer=True),  # noqa: E501
     Target("query_decision", "warden", "POST", "/api/v1/endpoints/{decision_slug}/query", bearer=True),  # noqa: E501
     Target("query_forward", "warden", "POST", "/api/v1/endpoints/{forward_slug}/query", {"item": "bench", "qty": 3, "tags": ["a", "b"]}, bearer=True),  # noqa: E501
@@ -119,8 +128,16 @@ class Result:
     non_2xx: int
     socket_errors: int
     error_samples: list[str]
+    connections: int = 0
+    cpu_seconds: float = 0.0  # user + system time of the serving process during the run
     ratio_to_hello: float | None = None
+    p99_ratio_to_hello: float | None = None
     server_log: list[str] = field(default_factory=list)  # Warden warning+ lines, summarised
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        """Server CPU per completed request, in µs."""
+        return self.cpu_seconds * 1e6 / self.requests if self.requests else 0.0
 
     @property
     def errors(self) -> int:
@@ -200,6 +217,49 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (fields 14 and 15 of /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        stat = handle.read()
+    fields = stat[stat.rindex(b")") + 2 :].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+@contextmanager
+def fresh_database(url: str | None, workdir: Path) -> Iterator[str]:
+    """The database Warden runs on: a new SQLite file, or a new PostgreSQL database next to the
+    one `url` names (created now, dropped afterwards), so every run starts empty."""
+    if not url:
+        yield f"sqlite:///{workdir}/bench.db"
+        return
+    parts = urlsplit(url)
+    if not parts.scheme.startswith("postgres"):
+        yield url  # any other database is used as given
+        return
+    import psycopg
+
+    admin = urlunsplit(parts._replace(scheme="postgresql"))
+    name = f"warden_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(parts._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def flush_redis(url: str) -> None:
+    """Empty the Redis database the run uses (its counters and revocations start from zero)."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
 
 
 def cpu_count() -> int:
@@ -492,7 +552,12 @@ def lua_string(value: str | bytes) -> str:
 
 
 def run_wrk(
-    wrk: str, name: str, request: HttpRequest, args: argparse.Namespace, workdir: Path
+    wrk: str,
+    name: str,
+    request: HttpRequest,
+    args: argparse.Namespace,
+    connections: int,
+    workdir: Path,
 ) -> Result:
     """Load one target with wrk; figures come from the script's `done()` (µs from wrk)."""
     headers = "\n".join(
@@ -506,8 +571,8 @@ def run_wrk(
             headers=headers,
         )
     )
-    threads = max(1, min(args.threads, args.concurrency))
-    command = [wrk, "-t", str(threads), "-c", str(args.concurrency), "-d", f"{args.duration}s"]
+    threads = max(1, min(args.threads, connections))
+    command = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{args.duration}s"]
     command += ["--timeout", f"{REQUEST_TIMEOUT_SECONDS:.0f}s", "--latency", "-s", str(script)]
     command.append(request.url)
     done = subprocess.run(
@@ -668,13 +733,15 @@ def loadgen_worker() -> None:
     json.dump(figures, sys.stdout)
 
 
-def run_python_loadgen(name: str, request: HttpRequest, args: argparse.Namespace) -> Result:
+def run_python_loadgen(
+    name: str, request: HttpRequest, args: argparse.Namespace, connections: int
+) -> Result:
     """Load one target with the Python generator, in a process of its own."""
     spec = {
         "port": request.port,
         "payload": request.raw().hex(),
         "duration": args.duration,
-        "concurrency": args.concurrency,
+        "concurrency": connections,
         "timeout": REQUEST_TIMEOUT_SECONDS,
     }
     done = subprocess.run(
@@ -723,44 +790,38 @@ def summarise_log(lines: list[str]) -> list[str]:
     return [f"{n}x {key}" for key, n in sorted(counts.items(), key=lambda kv: -kv[1])]
 
 
+def ratio_text(value: float | None) -> str:
+    """`0.62x`, 3 decimals below 0.1x (where 2 would hide the figure), `n/a` without a baseline."""
+    if value is None:
+        return "n/a"
+    return f"{value:.{2 if value >= 0.1 else 3}f}x"
+
+
 def print_report(results: list[Result], context: dict[str, Any], out: IO[str]) -> None:
-    """The table, with the machine and the setup it was measured on."""
+    """The setup it was measured on, the failures and Warden's log notes, then the table."""
     print(file=out)
     print(f"machine:     {context['nproc']} CPUs (nproc), {context['platform']}", file=out)
     print(f"database:    {context['database']}", file=out)
     print(f"redis:       {context['redis']}", file=out)
     print(
-        f"load:        {context['loadgen']}, {context['concurrency']} connections, "
-        f"{context['duration']} s per target",
+        f"load:        {context['loadgen']}, {context['connections']} connections, "
+        f"{context['duration']} s per target, a request over {REQUEST_TIMEOUT_SECONDS:.0f} s "
+        "is a failure",
         file=out,
     )
-    print(file=out)
-    header = (
-        f"{'target':<16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>8} {'vs hello':>9}"
-    )
-    print(header, file=out)
-    print("-" * len(header), file=out)
     for r in results:
-        ratio = "n/a"
-        if r.ratio_to_hello is not None:  # 3 decimals below 0.1x, where 2 would hide the figure
-            ratio = f"{r.ratio_to_hello:.{2 if r.ratio_to_hello >= 0.1 else 3}f}x"
-        print(
-            f"{r.target:<16} {r.requests_per_s:>10.1f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
-            f"{r.errors:>8} {ratio:>9}",
-            file=out,
-        )
-    failed = [r for r in results if r.errors]
-    for r in failed:
-        print(
-            f"\n!!! {r.target}: {r.errors} of {r.requests} requests FAILED "
-            f"({r.non_2xx} non-2xx, {r.socket_errors} socket errors); its figures are not valid",
-            file=out,
-        )
-        for sample in r.error_samples:
-            print(f"!!!   {sample}", file=out)
+        if r.errors:
+            print(
+                f"\n!!! {r.target} at {r.connections} connections: {r.errors} requests "
+                f"FAILED ({r.non_2xx} non-2xx, "
+                f"{r.socket_errors} socket errors or timeouts)",
+                file=out,
+            )
+            for sample in r.error_samples:
+                print(f"!!!   {sample}", file=out)
     for r in results:
         if r.server_log:
-            print(f"\nnote: Warden logged while {r.target} ran:", file=out)
+            print(f"\nnote: Warden logged while {r.target} ran at {r.connections}:", file=out)
             for entry in r.server_log[:5]:
                 print(f"  {entry}", file=out)
     if any(r.server_log for r in results) and context["loadgen"].startswith("wrk"):
@@ -769,6 +830,32 @@ def print_report(results: list[Result], context: dict[str, Any], out: IO[str]) -
             "those aborted requests too (compare with --loadgen python, which lets them finish)",
             file=out,
         )
+    header = (
+        f"{'conns':>5} {'route':<16} {'req/s':>9} {'×hello':>7} {'p99 ms':>8} "  # noqa: RUF001
+        f"{'×hello p99':>10} {'CPU µs/req':>10} {'failures':>8}"  # noqa: RUF001
+    )
+    print(file=out)
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    for r in results:
+        print(
+            f"{r.connections:>5} {r.target:<16} {r.requests_per_s:>9.1f} "
+            f"{ratio_text(r.ratio_to_hello):>7} {r.p99_ms:>8.2f} "
+            f"{ratio_text(r.p99_ratio_to_hello):>10} {r.cpu_us_per_request:>10.0f} "
+            f"{r.errors:>8}",
+            file=out,
+        )
+
+
+def parse_connections(text: str) -> list[int]:
+    """`16,32,64` as a list of positive connection counts."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("connection counts must be at least 1")
+    return counts
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -776,8 +863,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="scripts/bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--concurrency", type=int, default=32, help="connections (default 32)")
-    parser.add_argument("--duration", type=int, default=10, help="seconds per target (default 10)")
+    parser.add_argument(
+        "--connections",
+        type=parse_connections,
+        default=[16, 32, 64],
+        help="comma-separated connection counts, every target at each (default 16,32,64)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, help="one connection count (same as --connections N)"
+    )
+    parser.add_argument("--duration", type=int, default=6, help="seconds per target (default 6)")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this path")
@@ -795,8 +890,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="comma-separated subset of: " + ", ".join(t.name for t in TARGETS),
     )
     args = parser.parse_args(argv)
-    if args.concurrency < 1 or args.duration < 1:
-        parser.error("--concurrency and --duration must be at least 1")
+    if args.concurrency is not None:
+        if args.concurrency < 1:
+            parser.error("--concurrency must be at least 1")
+        args.connections = [args.concurrency]
+    if args.duration < 1:
+        parser.error("--duration must be at least 1")
     return args
 
 
@@ -826,8 +925,55 @@ def terminate_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def start_all(
+    warden_env: dict[str, str], workdir: Path, servers: list[Server]
+) -> dict[str, Server]:
+    """Warden, the echo upstream and the three references, each its own uvicorn process."""
+    warden = start_server("warden", ["--app-dir", str(ROOT), "app.main:app"], warden_env, workdir)
+    servers.append(warden)
+    upstream_app = ["--app-dir", str(ROOT), "--factory", "tests.support.servers:upstream_app"]
+    upstream = start_server("upstream", upstream_app, python_env(), workdir)
+    servers.append(upstream)
+    scripts = ["--app-dir", str(ROOT / "scripts")]
+    started = {"warden": warden, "upstream": upstream}
+    references = {"hello": "bench_hello:app", "raw": "bench_hello:raw_app"}
+    references["proxy"] = "bench_hello:proxy_app"
+    env = python_env({"BENCH_UPSTREAM_URL": upstream.base_url})
+    for name, app in references.items():
+        started[name] = start_server(name, [*scripts, app], env, workdir)
+        servers.append(started[name])
+    wait_ready(warden, "/health")
+    wait_ready(upstream, "/echo")
+    wait_ready(started["hello"], "/hello")
+    wait_ready(started["raw"], "/hello")
+    return started
+
+
+def measure(
+    target: Target,
+    request: HttpRequest,
+    server: Server,
+    args: argparse.Namespace,
+    connections: int,
+    wrk: str | None,
+    workdir: Path,
+) -> Result:
+    """Load one target once; its figures with the serving process's CPU time."""
+    cpu_before = process_cpu_seconds(server.proc.pid)
+    result = (
+        run_wrk(wrk, target.name, request, args, connections, workdir)
+        if wrk
+        else run_python_loadgen(target.name, request, args, connections)
+    )
+    time.sleep(0.5)  # let aborted requests finish (and log) before reading the clock
+    result.cpu_seconds = process_cpu_seconds(server.proc.pid) - cpu_before
+    result.connections = connections
+    return result
+
+
 def main(argv: list[str]) -> int:
-    """Start the servers, seed, load every target, report; servers always stopped."""
+    """Start the servers, seed, load every target at every connection count, report; servers
+    always stopped, the bench database always dropped."""
     import httpx
 
     args = parse_args(argv)
@@ -835,96 +981,99 @@ def main(argv: list[str]) -> int:
     wrk = ensure_wrk(args.loadgen)
     loadgen = wrk_version(wrk) if wrk else "python asyncio load generator"
     if wrk:
-        threads = max(1, min(args.threads, args.concurrency))
+        threads = max(1, min(args.threads, min(args.connections)))
         loadgen += f" ({threads} thread{'s' if threads > 1 else ''})"
     workdir = Path(tempfile.mkdtemp(prefix="warden-bench-"))
-    database_url = args.database_url or f"sqlite:///{workdir}/bench.db"
-    warden_env = python_env(
-        {
-            "DATABASE_URL": database_url,
-            "GLOBAL_RATE_LIMIT": "100000000/minute",
-            "LOGIN_RATE_LIMIT": "1000/minute",
-            "UPSTREAM_ALLOWED_HOSTS": HOST,
-            "LOG_LEVEL": "warning",
-            "ALLOW_SIGNUP": "true",
-        }
-    )
-    if args.redis_url:
-        warden_env["REDIS_URL"] = args.redis_url
-    else:
-        warden_env.pop("REDIS_URL", None)
     print(f"bench: workdir {workdir}", flush=True)
-    warden_env["WARDEN_MASTER_KEY"] = run_cli(["keys", "generate-master"], warden_env, workdir)
-    run_cli(["migrate"], warden_env, workdir)
-
+    if args.redis_url:
+        flush_redis(args.redis_url)
     servers: list[Server] = []
     results: list[Result] = []
-    try:
-        with terminate_as_exit():
-            warden = start_server(
-                "warden", ["--app-dir", str(ROOT), "app.main:app"], warden_env, workdir
-            )
-            servers.append(warden)
-            upstream_app = [
-                "--app-dir",
-                str(ROOT),
-                "--factory",
-                "tests.support.servers:upstream_app",
-            ]
-            upstream = start_server("upstream", upstream_app, python_env(), workdir)
-            servers.append(upstream)
-            hello_app = ["--app-dir", str(ROOT / "scripts"), "bench_hello:app"]
-            hello = start_server("hello", hello_app, python_env(), workdir)
-            servers.append(hello)
-            wait_ready(warden, "/health")
-            wait_ready(upstream, "/echo")
-            wait_ready(hello, "/hello")
-            ports = {"warden": warden.port, "hello": hello.port}
+    with fresh_database(args.database_url, workdir) as database_url:
+        warden_env = python_env(
+            {
+                "DATABASE_URL": database_url,
+                "GLOBAL_RATE_LIMIT": "100000000/minute",
+                "LOGIN_RATE_LIMIT": "1000/minute",
+                "UPSTREAM_ALLOWED_HOSTS": HOST,
+                "LOG_LEVEL": "warning",
+                "ALLOW_SIGNUP": "true",
+            }
+        )
+        if args.redis_url:
+            warden_env["REDIS_URL"] = args.redis_url
+        else:
+            warden_env.pop("REDIS_URL", None)
+        warden_env["WARDEN_MASTER_KEY"] = run_cli(["keys", "generate-master"], warden_env, workdir)
+        run_cli(["migrate"], warden_env, workdir)
+        try:
+            with terminate_as_exit():
+                started = start_all(warden_env, workdir, servers)
+                warden = started["warden"]
+                ports = {name: server.port for name, server in started.items()}
+                with httpx.Client(base_url=warden.base_url, timeout=30) as client:
+                    seed = seed_warden(client, started["upstream"].base_url)
+                    print(f"bench: seeded tenant {seed.tenant} ({seed.email})", flush=True)
+                    for connections in args.connections:
+                        for target in targets:
+                            # A fresh token per target: long runs outlive a 900 s token.
+                            token = login(client, seed) if target.bearer else ""
+                            values = {
+                                "decision_slug": seed.decision_slug,
+                                "forward_slug": seed.forward_slug,
+                                "token": token,
+                            }
+                            request = build_request(target, values, ports)
+                            warm(client, target, request)
+                            time.sleep(SETTLE_SECONDS)
+                            print(
+                                f"bench: {target.name} at {connections}: "
+                                f"{request.method} {request.path} ...",
+                                flush=True,
+                            )
+                            log_offset = warden.log_size()
+                            server = started[target.server]
+                            result = measure(
+                                target, request, server, args, connections, wrk, workdir
+                            )
+                            result.server_log = summarise_log(warden.log_since(log_offset))
+                            results.append(result)
+                            check_alive(servers)
+        finally:
+            stop_servers(servers)
 
-            with httpx.Client(base_url=warden.base_url, timeout=30) as client:
-                seed = seed_warden(client, upstream.base_url)
-                print(f"bench: seeded tenant {seed.tenant} ({seed.email})", flush=True)
-                for target in targets:
-                    # A fresh token per target: long --duration runs outlive a 900 s token.
-                    token = login(client, seed) if target.bearer else ""
-                    values = {
-                        "decision_slug": seed.decision_slug,
-                        "forward_slug": seed.forward_slug,
-                        "token": token,
-                    }
-                    request = build_request(target, values, ports)
-                    warm(client, target, request)
-                    time.sleep(SETTLE_SECONDS)
-                    print(f"bench: {target.name}: {request.method} {request.path} ...", flush=True)
-                    log_offset = warden.log_size()
-                    result = (
-                        run_wrk(wrk, target.name, request, args, workdir)
-                        if wrk
-                        else run_python_loadgen(target.name, request, args)
-                    )
-                    time.sleep(0.5)  # let aborted requests finish logging
-                    result.server_log = summarise_log(warden.log_since(log_offset))
-                    results.append(result)
-                    check_alive(servers)
-    finally:
-        stop_servers(servers)
-
-    baseline = next((r.requests_per_s for r in results if r.target == "hello"), None)
-    for r in results:
-        if baseline:
-            r.ratio_to_hello = r.requests_per_s / baseline
+    for connections in args.connections:
+        hello = next(
+            (r for r in results if r.target == "hello" and r.connections == connections), None
+        )
+        for r in results:
+            if hello is not None and r.connections == connections:
+                r.ratio_to_hello = r.requests_per_s / hello.requests_per_s
+                r.p99_ratio_to_hello = r.p99_ms / hello.p99_ms if hello.p99_ms else None
     context = {
         "nproc": cpu_count(),
         "platform": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
-        "database": redact(database_url) + ("" if args.database_url else " (fresh)"),
-        "redis": redact(args.redis_url) if args.redis_url else "none (in-process limiter)",
+        "database": (
+            f"fresh database next to {redact(args.database_url)}"
+            if args.database_url
+            else "SQLite (fresh file)"
+        ),
+        "redis": (
+            f"{redact(args.redis_url)} (flushed)" if args.redis_url else "none (in-process limiter)"
+        ),
         "loadgen": loadgen,
-        "concurrency": args.concurrency,
+        "connections": ",".join(str(c) for c in args.connections),
         "duration": args.duration,
     }
     print_report(results, context, sys.stdout)
     if args.json:
-        payload = {**context, "results": [{**asdict(r), "errors": r.errors} for r in results]}
+        payload = {
+            **context,
+            "results": [
+                {**asdict(r), "errors": r.errors, "cpu_us_per_request": r.cpu_us_per_request}
+                for r in results
+            ],
+        }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"\nbench: figures written to {args.json}")
     shutil.rmtree(workdir, ignore_errors=True)

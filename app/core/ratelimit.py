@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import math
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import structlog
 from limits import RateLimitItem, parse
@@ -226,6 +228,197 @@ class SharedFixedWindows:
         self.windows.clear()
 
 
+# One call spends and reports a moving window. KEYS: the window's entries (a sorted set: score =
+# when its units count as spent, member = "<units>:<writer>:<n>") and their running total.
+# ARGV: now, limit, period (s), units wanted (0: only report), stamp of the new entry, member
+# suffix, lease member to settle ("" if none), units of it actually spent, keys' TTL (ms).
+# Returns {units granted, total after, score of the oldest entry or ""}.
+SPEND_SCRIPT = """
+local entries, totals = KEYS[1], KEYS[2]
+local now, limit, period = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local want, stamp, suffix = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local settle, spent, ttl = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
+local total = tonumber(redis.call('get', totals) or '0')
+local horizon = '(' .. (now - period)
+local gone = redis.call('zrangebyscore', entries, '-inf', horizon)
+if #gone > 0 then
+  for _, member in ipairs(gone) do
+    total = total - tonumber(string.match(member, '^(%d+):'))
+  end
+  redis.call('zremrangebyscore', entries, '-inf', horizon)
+end
+if settle ~= '' then
+  local score = redis.call('zscore', entries, settle)
+  if score then
+    redis.call('zrem', entries, settle)
+    total = total - tonumber(string.match(settle, '^(%d+):'))
+    if spent > 0 then
+      redis.call('zadd', entries, score, spent .. ':' .. suffix .. 's')
+      total = total + spent
+    end
+  end
+end
+local granted = 0
+if want > 0 and total < limit then
+  granted = math.min(want, limit - total)
+  redis.call('zadd', entries, stamp, granted .. ':' .. suffix)
+  total = total + granted
+end
+if total < 0 then total = 0 end
+redis.call('set', totals, total, 'px', ttl)
+redis.call('pexpire', entries, ttl)
+local oldest = redis.call('zrange', entries, 0, 0, 'withscores')
+return {granted, total, oldest[2] or ''}
+"""
+
+
+@dataclass(slots=True)
+class _Lease:
+    """A slice of a shared window's budget this process spends without asking Redis."""
+
+    member: str  # its entry in Redis (settled with what was spent when the next slice is taken)
+    granted: int
+    spent: int
+    until: float  # time.time() after which nothing more is spent from it
+    total: int  # the shared total Redis reported when it was granted (this slice included)
+    reset_at: float
+
+
+class _Peeked(NamedTuple):
+    """A recent reading of a large window that had room."""
+
+    state: LimitState
+    until: float
+
+
+class RedisMovingWindows:
+    """Moving windows in Redis, one round trip per call (a Lua script that spends and reports
+    the window at once, instead of limits' acquire + stats), exact across processes.
+
+    Large limits (at least `LEASE_MIN_LIMIT`) are spent from leases: a process takes a slice of
+    the shared budget (at most 1/`LEASE_FRACTION` of the limit, sized to what it spent from
+    its previous slice) and spends it locally for at most `LEASE_SECONDS`, returning to Redis
+    when it runs out or expires, and then settling the previous slice with what it really spent.
+
+    Precision: a leased unit counts in Redis from the moment its slice is granted until its
+    stamp (grant time + `LEASE_SECONDS`, never earlier than the unit is spent) + the period,
+    and a slice is granted only from room left, so no window ever admits more than the limit,
+    in any number of processes. The price is the other way: while slices are held, up to
+    (processes times slice) units are reserved but unspent, so a caller may be refused up to that
+    many requests early (at most 1% of the limit per process), and a slice whose process stops
+    asking is settled only when its entry leaves the window. Smaller limits are exact. A check
+    (`peek`) of a large limit with more than a slice of room left is answered from a reading
+    at most `LEASE_SECONDS` old."""
+
+    LEASE_MIN_LIMIT = 1_000
+    LEASE_FRACTION = 100
+    LEASE_SECONDS = 1.0
+    PEEK_CACHE_SIZE = 50_000
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._script = redis.register_script(SPEND_SCRIPT)
+        self._writer = secrets.token_hex(6)
+        self._serial = itertools.count()
+        self._leases: dict[str, _Lease] = {}
+        self._refills: dict[str, asyncio.Future[None]] = {}
+        self._peeked: dict[str, _Peeked] = {}
+
+    async def _call(
+        self,
+        key: str,
+        limit: int,
+        period: int,
+        want: int,
+        stamp: float,
+        now: float,
+        settle: _Lease | None = None,
+    ) -> tuple[int, int, float, str]:
+        """(granted, total, reset_at, member of the new entry)."""
+        suffix = f"{self._writer}:{next(self._serial)}"
+        ttl = int((period + self.LEASE_SECONDS) * 1000) + 1000
+        granted, total, oldest = await self._script(
+            keys=[f"LIMITS:{key}:w", f"LIMITS:{key}:n"],
+            args=[
+                repr(now),
+                limit,
+                period,
+                want,
+                repr(stamp),
+                suffix,
+                settle.member if settle is not None else "",
+                settle.spent if settle is not None else 0,
+                ttl,
+            ],
+        )
+        reset_at = (float(oldest) if oldest else now) + period
+        return int(granted), int(total), reset_at, f"{int(granted)}:{suffix}"
+
+    async def hit(self, key: str, limit: int, period: int) -> LimitState:
+        """Spend one unit if the window has room."""
+        while True:
+            now = time.time()
+            lease = self._leases.get(key)
+            if lease is not None and lease.spent < lease.granted and now < lease.until:
+                lease.spent += 1
+                unspent = lease.granted - lease.spent
+                return LimitState(True, limit, limit - lease.total + unspent, lease.reset_at)
+            if limit < self.LEASE_MIN_LIMIT:
+                granted, total, reset_at, _ = await self._call(key, limit, period, 1, now, now)
+                return LimitState(granted == 1, limit, limit - total, reset_at)
+            pending = self._refills.get(key)
+            if pending is None:
+                return await self._refill(key, limit, period, lease, now)
+            await asyncio.shield(pending)  # another request is taking the next slice: use it
+
+    async def _refill(
+        self, key: str, limit: int, period: int, lease: _Lease | None, now: float
+    ) -> LimitState:
+        """Take the next slice (spending its first unit), settling the previous one."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._refills[key] = done
+        try:
+            cap = max(1, limit // self.LEASE_FRACTION)
+            want = min(cap, max(1, 2 * lease.spent)) if lease is not None else 1
+            settle = lease if lease is not None and lease.spent < lease.granted else None
+            until = now + self.LEASE_SECONDS
+            granted, total, reset_at, member = await self._call(
+                key, limit, period, want, until, now, settle
+            )
+            if granted == 0:
+                self._leases.pop(key, None)
+                return LimitState(False, limit, limit - total, reset_at)
+            self._leases[key] = _Lease(member, granted, 1, until, total, reset_at)
+            return LimitState(True, limit, limit - total + granted - 1, reset_at)
+        finally:
+            del self._refills[key]
+            done.set_result(None)
+
+    async def peek(self, key: str, limit: int, period: int) -> LimitState:
+        """The window without spending (this process's unspent slice counts as room). For a
+        large limit, a reading less than `LEASE_SECONDS` old that left more than a slice of room
+        answers again without a round trip: a check spends nothing, so it may be that stale."""
+        now = time.time()
+        seen = self._peeked.get(key)
+        if seen is not None and now < seen.until:
+            return seen.state
+        _, total, reset_at, _ = await self._call(key, limit, period, 0, now, now)
+        lease = self._leases.get(key)
+        if lease is not None and now < lease.until:
+            total -= lease.granted - lease.spent
+        state = LimitState(total < limit, limit, limit - total, reset_at)
+        if limit >= self.LEASE_MIN_LIMIT and limit - total > limit // self.LEASE_FRACTION:
+            if len(self._peeked) >= self.PEEK_CACHE_SIZE:
+                self._peeked.clear()
+            self._peeked[key] = _Peeked(state, now + self.LEASE_SECONDS)
+        return state
+
+    def forget(self) -> None:
+        """Drop this process's slices and readings (after the shared counters were reset)."""
+        self._leases.clear()
+        self._peeked.clear()
+
+
 class AsyncLimiter:
     """Moving windows (policies) and fixed windows (the global limit) on a `limits.aio`
     storage: Redis when configured, so every process shares one count, else this process's
@@ -240,13 +433,16 @@ class AsyncLimiter:
         self.distributed = redis_url is not None
         self.storage: Storage
         self.shared_windows: SharedFixedWindows | None = None
+        self.redis_windows: RedisMovingWindows | None = None
         if redis_url:
             uri = redis_url if redis_url.startswith("async+") else "async+" + redis_url
             options = redis_options(timeout)  # `timeout`: REDIS_TIMEOUT_SECONDS
             self.storage = cast(
                 Storage, storage_from_string(uri, implementation="redispy", **options)
             )
-            self.shared_windows = SharedFixedWindows(redis or Redis.from_url(redis_url, **options))
+            client = redis or Redis.from_url(redis_url, **options)
+            self.shared_windows = SharedFixedWindows(client)
+            self.redis_windows = RedisMovingWindows(client)
         else:
             self.storage = MovingWindowMemoryStorage()
         self.moving = cast(MovingWindowSupport, self.storage)
@@ -265,6 +461,8 @@ class AsyncLimiter:
         """Spend one unit if available; fail closed when the shared store is unreachable."""
         key, expiry = self._key(item, ids), item.get_expiry()
         try:
+            if self.redis_windows is not None:
+                return await self.redis_windows.hit(key, item.amount, expiry)
             allowed = await self.moving.acquire_entry(key, item.amount, expiry)
             start, count = await self.moving.get_moving_window(key, item.amount, expiry)
         except Exception as exc:
@@ -275,6 +473,8 @@ class AsyncLimiter:
         """Check without spending (one store read: room left means a hit would pass)."""
         key, expiry = self._key(item, ids), item.get_expiry()
         try:
+            if self.redis_windows is not None:
+                return await self.redis_windows.peek(key, item.amount, expiry)
             start, count = await self.moving.get_moving_window(key, item.amount, expiry)
         except Exception as exc:
             raise _unavailable(exc) from exc
@@ -305,6 +505,8 @@ class AsyncLimiter:
         self._keys.clear()
         if self.shared_windows is not None:
             self.shared_windows.windows.clear()
+        if self.redis_windows is not None:
+            self.redis_windows.forget()
         await cast(Any, self.storage).reset()
 
     async def aclose(self) -> None:
