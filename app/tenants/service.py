@@ -112,9 +112,11 @@ async def delete_tenant(
 ) -> None:
     """`DELETE /tenant` (owner): every row of the tenant goes; its tokens die at once."""
     tenant = await get_tenant(session, principal.tenant_id)
+    # The chain head first, as the audit writer takes it before it inserts (which needs a share
+    # lock on the tenant row): the other order deadlocks with a flush of the tenant's events.
+    await forget_chain(session, tenant.id)
     await revocations.revoke_tenant(session, tenant.id)
     await session.delete(tenant)
-    await forget_chain(session, tenant.id)
     await session.flush()
     # The tenant's own chain is gone with it; the deletion is kept in the system chain.
     await record(
