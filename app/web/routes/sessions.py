@@ -26,7 +26,8 @@ router = APIRouter(prefix="/sessions", tags=["browser sessions"])
 internal_router = APIRouter(prefix="/internal/v1/sessions", tags=["session exchange"])
 
 
-def _set_cookies(response: Response, settings: Settings, new: service.NewSession) -> None:
+def set_session_cookies(response: Response, settings: Settings, new: service.NewSession) -> None:
+    """The session cookie (HttpOnly) and the CSRF cookie (readable) of a new browser session."""
     secure = settings.session_cookie_secure
     response.set_cookie(
         service.SESSION_COOKIE,
@@ -49,7 +50,8 @@ def _set_cookies(response: Response, settings: Settings, new: service.NewSession
     )
 
 
-def _clear_cookies(response: Response, settings: Settings) -> None:
+def clear_session_cookies(response: Response, settings: Settings) -> None:
+    """Drop both browser-session cookies."""
     secure = settings.session_cookie_secure
     response.delete_cookie(
         service.SESSION_COOKIE, path="/", secure=secure, httponly=True, samesite="lax"
@@ -76,7 +78,7 @@ async def create_session(
     new = await service.create_session(
         session, runtime.browser, body, request.headers.get("origin")
     )
-    _set_cookies(response, runtime.settings, new)
+    set_session_cookies(response, runtime.settings, new)
     return SessionCreated(session=SessionInfo.model_validate(new.row), csrf_token=new.csrf_token)
 
 
@@ -99,7 +101,7 @@ async def logout(
     """Log out: revoke this session and clear both cookies."""
     await service.revoke_current(session, runtime.browser, principal)
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
-    _clear_cookies(response, runtime.settings)
+    clear_session_cookies(response, runtime.settings)
     return response
 
 
@@ -111,7 +113,7 @@ async def revoke_session(
     await service.revoke_session(session, runtime.browser, principal, session_id)
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
     if str(session_id) == principal.session_id:
-        _clear_cookies(response, runtime.settings)
+        clear_session_cookies(response, runtime.settings)
     return response
 
 
