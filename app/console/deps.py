@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl, quote, urlencode
 
 import structlog
 from fastapi import Depends, Request, Response
@@ -137,6 +137,15 @@ class ConsoleRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def guarded(request: Request) -> Response:
+            # A GET form sends its blank fields too: drop them, so a blank filter means none.
+            query = request.query_params
+            if request.method == "GET" and any(v == "" for _k, v in query.multi_items()):
+                kept = urlencode([(k, v) for k, v in query.multi_items() if v != ""])
+                return RedirectResponse(
+                    request.url.path + (f"?{kept}" if kept else ""),
+                    status_code=303,
+                    headers={"Referrer-Policy": "same-origin", "Cache-Control": "no-store"},
+                )
             try:
                 return await handler(request)
             except Unauthenticated:

@@ -46,7 +46,8 @@ def _why_link(event: dict[str, Any]) -> str | None:
     details = event["details"] or {}
     query: dict[str, str] = {"endpoint": str(details.get("endpoint") or "")}
     actor = event["actor"]
-    if actor["type"] == "user" and actor["id"]:
+    # A what-if check's actor is the admin who asked, not the principal asked about.
+    if actor["type"] == "user" and actor["id"] and not details.get("what_if"):
         query.update(mode="user", user=actor["id"])
     for name in ("method", "path", "ip"):
         value = details.get(name) or (event["ip"] if name == "ip" else None)
