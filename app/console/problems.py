@@ -31,7 +31,8 @@ def from_app_error(exc: AppError) -> dict[str, str]:
     if isinstance(exc.details, list):
         for item in exc.details:
             if isinstance(item, dict) and "field" in item:
-                problems.setdefault(str(item["field"]), str(item.get("message", "invalid")))
+                message = str(item.get("message", "invalid")).removeprefix("Value error, ")
+                problems.setdefault(str(item["field"]), message)
     if not problems:
         problems[GENERAL] = exc.message
     return problems

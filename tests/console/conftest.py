@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlencode
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
@@ -71,7 +71,9 @@ async def console_sign_in(
     )
 
 
-async def signed_in_as(client: httpx.AsyncClient, handle: TenantHandle, role: str) -> ConsoleBrowser:
+async def signed_in_as(
+    client: httpx.AsyncClient, handle: TenantHandle, role: str
+) -> ConsoleBrowser:
     """A browser of a new user of `role` in `handle`'s tenant (the owner for "owner")."""
     if role == "owner":
         return await console_sign_in(client, handle)

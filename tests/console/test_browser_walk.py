@@ -123,7 +123,12 @@ async def _tenant(warden: str) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=warden, timeout=10) as c:
         r = await c.post(
             "/api/v1/auth/register",
-            json={"tenant": slug, "tenant_name": "Walk", "email": people["owner"], "password": PASSWORD},
+            json={
+                "tenant": slug,
+                "tenant_name": "Walk",
+                "email": people["owner"],
+                "password": PASSWORD,
+            },
         )
         assert r.status_code == 201, r.text
         token = (
@@ -362,7 +367,10 @@ async def _walk_member(context: Any, warden: str, tenant: dict[str, Any]) -> Non
     assert urlsplit(page.url).path == "/console/me"
     assert "this browser" in await page.inner_text("main")
     width = await page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
-    assert width[0] <= width[1], f"horizontal scrolling at phone width: {width}"
+    wide = await page.evaluate(
+        "() => [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > window.innerWidth + 1).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right)).slice(0, 15)"
+    )
+    assert width[0] <= width[1], f"horizontal scrolling at phone width: {width} {wide}"
     nav = await page.inner_text("header nav")
     assert "Users" not in nav and "Audit" not in nav and "API keys" not in nav
     async with page.expect_download() as download_info:
@@ -387,7 +395,12 @@ async def _walk_viewer(context: Any, warden: str, tenant: dict[str, Any]) -> Non
     await page.keyboard.press("Tab")
     assert await page.evaluate("document.activeElement.textContent") == "Skip to content"
     await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.textContent") == "Warden"
+    await page.keyboard.press("Tab")
     assert await page.evaluate("document.activeElement.id") == "f-tenant"
+    # Focus is visible: the keyboard's position is outlined.
+    outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline not in ("none", ""), outline
     await page.keyboard.type(tenant["slug"])
     await page.keyboard.press("Tab")
     await page.keyboard.type(tenant["people"]["viewer"])

@@ -408,6 +408,7 @@ async def create_policy(
         await policies.create_policy(session, runtime.bus, principal, slug, data)
     except AppError as exc:
         await session.rollback()
+        endpoint = await endpoints.get_by_slug(session, slug)  # the rollback expired it
         return _policy_form(
             request, endpoint, values, problems=from_app_error(exc), status_code=exc.status_code
         )
@@ -450,6 +451,9 @@ async def update_policy(
         await policies.update_policy(session, runtime.bus, principal, slug, policy_id, data)
     except AppError as exc:
         await session.rollback()
+        # The rollback expired what was loaded.
+        endpoint = await endpoints.get_by_slug(session, slug)
+        policy = await policies.get_policy(session, slug, policy_id)
         return _policy_form(
             request,
             endpoint,
