@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -10,6 +11,7 @@ from app.core.errors import AppError, Unprocessable
 
 Model = TypeVar("Model", bound=BaseModel)
 GENERAL = "_form"
+_NAMED = re.compile(r"^(?:Invalid )?([a-z][a-z_.]*): ")
 
 
 def _loc(parts: Any) -> str:
@@ -34,7 +36,9 @@ def from_app_error(exc: AppError) -> dict[str, str]:
                 message = str(item.get("message", "invalid")).removeprefix("Value error, ")
                 problems.setdefault(str(item["field"]), message)
     if not problems:
-        problems[GENERAL] = exc.message
+        # Services name the field first ("expires_at: must be…", "Invalid email: …").
+        named = _NAMED.match(exc.message)
+        problems[named.group(1) if named else GENERAL] = exc.message
     return problems
 
 

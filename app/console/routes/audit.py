@@ -240,6 +240,9 @@ async def explain(
             "ip": values["ip"] or None,
         }
         data = parse(CheckRequest, body)
+        # The decision loads the endpoint through its own session (the enforcement cache);
+        # this request's read transaction ends first (on SQLite it holds the write lock).
+        await session.rollback()
         result = await authz.check(runtime.endpoints, runtime.pipeline, principal, data)
     except AppError as exc:
         return await _why_page(
