@@ -120,6 +120,10 @@ class TestWhoSeesWhat:
             r = await browser.get(path)
             expected = 200 if at_least(role, least) else 403
             assert r.status_code == expected, (role, path, r.text[:300])
+            # No token in any page: no JWT, and never the HttpOnly session cookie.
+            assert "eyJ" not in r.text
+            assert browser.cookie not in r.text
+            assert r.headers["content-security-policy"].startswith("default-src 'self'")
             if expected == 403:
                 assert "This requires the" in r.text
 
