@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-PASSWORD = "correct-horse-battery-staple"
+PASSWORD = secrets.token_urlsafe(18)  # a throw-away server: a new password each run
 TENANT = "acme"
 OWNER = "ops@acme.example"
 
