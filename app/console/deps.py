@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.console.render import PREFIX, page
 from app.core.db import set_session_tenant
-from app.core.errors import AppError, Unauthenticated, Unprocessable
+from app.core.errors import AppError, Forbidden, Unauthenticated, Unprocessable
 from app.core.identity import Principal, Role
 from app.web.deps import DbSession, RuntimeDep, ensure_role
 
@@ -113,7 +113,30 @@ def console_role(role: Role) -> Callable[..., Coroutine[Any, Any, Principal]]:
     return check
 
 
+async def configuration_reader(
+    principal: ConsoleUser, runtime: RuntimeDep, request: Request
+) -> Principal:
+    """Viewers and admins read the tenant's configuration in the console; a member's console
+    is their own account (profile, sessions, export, deletion)."""
+    ensure_role(runtime, principal, Role.VIEWER, request.url.path)
+    if principal.role is Role.MEMBER:
+        runtime.audit.submit(
+            tenant_id=principal.tenant_id,
+            action="auth.forbidden",
+            actor=principal.actor,
+            outcome="denied",
+            details={"code": "insufficient_role", "required": "viewer", "path": request.url.path},
+        )
+        raise Forbidden(
+            "Members see their own account in the console; configuration is for viewers "
+            "and admins.",
+            code="insufficient_role",
+        )
+    return principal
+
+
 Viewer = Annotated[Principal, Depends(console_role(Role.VIEWER))]
+Reader = Annotated[Principal, Depends(configuration_reader)]
 Member = Annotated[Principal, Depends(console_role(Role.MEMBER))]
 Admin = Annotated[Principal, Depends(console_role(Role.ADMIN))]
 Owner = Annotated[Principal, Depends(console_role(Role.OWNER))]

@@ -38,17 +38,20 @@ templates = Environment(
     lstrip_blocks=True,
 )
 
-# Navigation: (label, path, the least role that sees it).
+# Navigation: (label, path, the roles that see it).
+ADMINS = frozenset({Role.ADMIN, Role.OWNER})
+READERS = frozenset({Role.VIEWER, Role.ADMIN, Role.OWNER})
+EVERYONE = frozenset(Role)
 NAVIGATION = (
-    ("Overview", "/overview", Role.ADMIN),
-    ("Endpoints", "/endpoints", Role.VIEWER),
-    ("Why?", "/why", Role.ADMIN),
-    ("Users", "/users", Role.ADMIN),
-    ("Issuers", "/issuers", Role.ADMIN),
-    ("API keys", "/api-keys", Role.ADMIN),
-    ("Audit", "/audit", Role.ADMIN),
-    ("Tenant", "/tenant", Role.VIEWER),
-    ("My account", "/me", Role.VIEWER),
+    ("Overview", "/overview", ADMINS),
+    ("Endpoints", "/endpoints", READERS),
+    ("Why?", "/why", ADMINS),
+    ("Users", "/users", ADMINS),
+    ("Issuers", "/issuers", ADMINS),
+    ("API keys", "/api-keys", ADMINS),
+    ("Audit", "/audit", ADMINS),
+    ("Tenant", "/tenant", READERS),
+    ("My account", "/me", EVERYONE),
 )
 
 # Notices a redirect may name (`?notice=`): fixed texts, never reflected input.
@@ -99,8 +102,8 @@ def page(
     role = who.role if who is not None and who.kind == "user" else None
     navigation = [
         (label, f"{PREFIX}{path}")
-        for label, path, least in NAVIGATION
-        if role is not None and role.at_least(least)
+        for label, path, roles in NAVIGATION
+        if role is not None and role in roles
     ]
     notice = NOTICES.get(request.query_params.get("notice", ""))
     body = templates.get_template(template).render(

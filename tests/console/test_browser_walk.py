@@ -375,6 +375,7 @@ async def _walk_member(context: Any, warden: str, tenant: dict[str, Any]) -> Non
     )
     assert width[0] <= width[1], f"horizontal scrolling at phone width: {width} {wide}"
     nav = await page.inner_text("header nav")
+    assert nav.split() == ["My", "account"]  # a member's console is their own account
     assert "Users" not in nav
     assert "Audit" not in nav
     assert "API keys" not in nav
@@ -382,7 +383,15 @@ async def _walk_member(context: Any, warden: str, tenant: dict[str, Any]) -> Non
         await page.click("text=Export my data")
     exported = json.loads((await (await download_info.value).path()).read_text())
     assert tenant["people"]["member"] in json.dumps(exported)
-    for path in ("/console/users", "/console/audit", "/console/api-keys", "/console/why"):
+    for path in (
+        "/console/users",
+        "/console/audit",
+        "/console/api-keys",
+        "/console/why",
+        "/console/endpoints",
+        "/console/endpoints/orders",
+        "/console/tenant",
+    ):
         with watch.expecting(path, 403):
             response = await page.goto(f"{warden}{path}")
             assert response is not None

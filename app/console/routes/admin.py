@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.apikeys import service as apikeys
 from app.apikeys.schemas import SCOPES, ApiKeyCreate
-from app.console.deps import Admin, ConsoleRoute, ConsoleSession, FormDep, Owner, Viewer
+from app.console.deps import Admin, ConsoleRoute, ConsoleSession, FormDep, Owner, Reader
 from app.console.problems import GENERAL, from_app_error, parse
 from app.console.render import PREFIX, page, redirect
 from app.core.errors import AppError, Forbidden
@@ -331,7 +331,7 @@ async def revoke_key(
 
 
 @router.get("/tenant")
-async def tenant_page(request: Request, principal: Viewer, session: ConsoleSession) -> Response:
+async def tenant_page(request: Request, principal: Reader, session: ConsoleSession) -> Response:
     """The tenant (renamed by admins, deleted by its owner)."""
     tenant = await tenants.get_tenant(session, principal.tenant_id)
     return page(request, "tenant.html", {"tenant": tenant, "problems": {}})

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.authz import istio
-from app.console.deps import Admin, ConsoleRoute, ConsoleSession, Form, FormDep, Viewer
+from app.console.deps import Admin, ConsoleRoute, ConsoleSession, Form, FormDep, Reader
 from app.console.problems import GENERAL, from_app_error, parse
 from app.console.render import PAGE_HEADERS, PREFIX, page, redirect
 from app.console.snippets import gateway_snippets
@@ -72,7 +72,7 @@ def _endpoint_values(form: Form, *, creating: bool) -> dict[str, Any]:
 
 
 @router.get("/endpoints")
-async def list_endpoints(request: Request, principal: Viewer, session: ConsoleSession) -> Response:
+async def list_endpoints(request: Request, principal: Reader, session: ConsoleSession) -> Response:
     """The tenant's endpoints, searchable, a page at a time."""
     search = request.query_params.get("q", "").strip()[:100]
     cursor = request.query_params.get("cursor") or None
@@ -153,7 +153,7 @@ async def _endpoint_page(
 
 @router.get("/endpoints/{slug}")
 async def endpoint_page(
-    request: Request, slug: Slug, principal: Viewer, session: ConsoleSession, runtime: RuntimeDep
+    request: Request, slug: Slug, principal: Reader, session: ConsoleSession, runtime: RuntimeDep
 ) -> Response:
     """One endpoint: settings, credential, policies, gateway configuration."""
     return await _endpoint_page(request, session, runtime, slug)
@@ -417,7 +417,7 @@ async def create_policy(
 
 @router.get("/endpoints/{slug}/policies/{policy_id}")
 async def policy_page(
-    request: Request, slug: Slug, policy_id: uuid.UUID, principal: Viewer, session: ConsoleSession
+    request: Request, slug: Slug, policy_id: uuid.UUID, principal: Reader, session: ConsoleSession
 ) -> Response:
     """One policy (editable by admins)."""
     endpoint = await endpoints.get_by_slug(session, slug)
@@ -490,7 +490,7 @@ async def delete_policy(
 
 
 @router.get("/pattern-matches")
-async def pattern_check(request: Request, principal: Viewer) -> Response:
+async def pattern_check(request: Request, principal: Reader) -> Response:
     """Which test emails the typed patterns match (the access editor asks as the admin types),
     answered by the policy engine itself."""
     patterns = [
