@@ -8,11 +8,12 @@ import re
 import uuid
 
 import pytest
+from fastapi.routing import APIRoute
 
 from tests.audit.helpers import append_many, events, tamper
 from tests.conftest import PASSWORD, add_policy, make_endpoint
 from tests.console.conftest import console_sign_in, signed_in_as
-from tests.sessions.conftest import ALLOWED_ORIGIN, PUBLIC_ORIGIN
+from tests.sessions.conftest import ALLOWED_ORIGIN, PUBLIC_ORIGIN, browser_login
 
 READERS = {"viewer", "admin", "owner"}  # a member's console is their own account
 ADMINS = {"admin", "owner"}
@@ -269,43 +270,100 @@ class TestCsrf:
         assert await endpoint_exists(tenant, "shop")
 
 
+# Form fields a post to each templated console route needs to get past validation.
+FORMS = {
+    "/console/endpoints/{slug}/edit": {"name": "Mine", "is_active": "on"},
+    "/console/endpoints/{slug}/active": {"active": "false"},
+    "/console/endpoints/{slug}/credential": {"header": "X-Key", "value": "stolen-1234"},
+    "/console/endpoints/{slug}/new-policy": {
+        "policy_type": "access",
+        "mode": "deny",
+        "patterns": "*@*",
+    },
+    "/console/endpoints/{slug}/policies/{policy_id}/edit": {"mode": "deny", "patterns": "*@*"},
+    "/console/endpoints/{slug}/policies/{policy_id}/enabled": {"enabled": "false"},
+    "/console/users/{user_id}": {"role": "viewer"},
+}
+
+
+def console_routes() -> list[tuple[str, str]]:
+    """Every (method, path) of the console whose path carries an id or slug."""
+    from app.console.router import ROUTERS
+
+    return [
+        (method, route.path)
+        for router in ROUTERS
+        for route in router.routes
+        if isinstance(route, APIRoute) and "{" in route.path
+        for method in sorted(route.methods - {"HEAD", "OPTIONS"})
+    ]
+
+
 class TestCrossTenant:
-    async def test_another_tenants_objects_are_not_found(self, client, tenant, other_tenant):
+    async def test_every_templated_route_is_404_for_another_tenants_object(
+        self, app, client, tenant, other_tenant
+    ):
+        """The console's isolation matrix: each route with an id, filled with the other
+        tenant's object, is a 404 (never a 403 that would confirm it exists), and the other
+        tenant's objects are unchanged afterwards."""
         await make_endpoint(other_tenant, "theirs")
         policy = await add_policy(
             other_tenant, "theirs", "access", {"mode": "allow", "patterns": ["*@b.io"]}
         )
-        r = await client.post(
-            "/api/v1/api-keys",
-            json={"name": "theirs", "scopes": ["endpoints:query"]},
-            headers=other_tenant.owner.headers,
+        h = other_tenant.owner.headers
+        key = await client.post(
+            "/api/v1/api-keys", json={"name": "theirs", "scopes": ["endpoints:query"]}, headers=h
         )
-        their_key = r.json()["id"]
-        their_events = await events(client._transport.app.state.runtime, other_tenant.id)
+        issuer = await client.post(
+            "/api/v1/issuers",
+            json={
+                "issuer": "https://idp.theirs.example",
+                "jwks_uri": "http://127.0.0.1:9/jwks.json",
+                "audiences": ["api://theirs"],
+                "algorithms": ["RS256"],
+            },
+            headers=h,
+        )
+        assert issuer.status_code == 201, issuer.text
+        their_session = await browser_login(client, other_tenant)
+        their_events = await events(app.state.runtime, other_tenant.id)
+        ids = {
+            "slug": "theirs",
+            "policy_id": policy["id"],
+            "user_id": other_tenant.owner.id,
+            "key_id": key.json()["id"],
+            "issuer_id": issuer.json()["id"],
+            "session_id": their_session.id,
+            "event_id": str(their_events[0].id),
+        }
         owner = await console_sign_in(client, tenant)
-        for path in (
-            "/console/endpoints/theirs",
-            f"/console/endpoints/theirs/policies/{policy['id']}",
-            f"/console/audit/{their_events[0].id}",
-        ):
-            r = await owner.get(path)
-            assert r.status_code == 404, path
-        for path, data in {
-            "/console/endpoints/theirs/delete": {},
-            "/console/endpoints/theirs/edit": {"name": "Mine", "is_active": "on"},
-            f"/console/endpoints/theirs/policies/{policy['id']}/delete": {},
-            f"/console/users/{other_tenant.owner.id}": {"role": "viewer"},
-            f"/console/users/{other_tenant.owner.id}/delete": {},
-            f"/console/api-keys/{their_key}/revoke": {},
-            f"/console/me/sessions/{uuid.uuid4()}/revoke": {},
-        }.items():
-            r = await owner.post(path, data)
-            assert r.status_code == 404, path
+        routes = console_routes()
+        assert len(routes) >= 15
+        for method, path in routes:
+            url = path
+            for name, value in ids.items():
+                url = url.replace("{" + name + "}", value)
+            assert "{" not in url, f"add the id of {path} to this matrix"
+            if method == "GET":
+                r = await owner.get(url)
+            else:
+                r = await owner.post(url, FORMS.get(path, {}))
+            assert r.status_code == 404, (method, path, r.status_code)
+
         assert await endpoint_exists(other_tenant, "theirs")
-        r = await client.get("/api/v1/api-keys", headers=other_tenant.owner.headers)
-        assert r.json()["items"][0]["revoked_at"] is None
-        r = await client.get("/api/v1/users", headers=other_tenant.owner.headers)
-        assert r.json()["items"][0]["role"] == "owner"
+        got = (await client.get("/api/v1/endpoints/theirs", headers=h)).json()
+        assert got["name"] == "Theirs"
+        assert got["is_active"] is True
+        assert got["credential"] is None
+        items = (await client.get("/api/v1/endpoints/theirs/policies", headers=h)).json()["items"]
+        assert [(p["id"], p["enabled"]) for p in items] == [(policy["id"], True)]
+        assert (await client.get("/api/v1/api-keys", headers=h)).json()["items"][0][
+            "revoked_at"
+        ] is None
+        assert (await client.get("/api/v1/users", headers=h)).json()["items"][0]["role"] == "owner"
+        assert len((await client.get("/api/v1/issuers", headers=h)).json()["items"]) == 1
+        r = await client.get("/api/v1/auth/me", headers=their_session.headers(csrf=False))
+        assert r.status_code == 200  # their browser session is alive
 
     async def test_why_cannot_reach_another_tenants_endpoint_or_user(
         self, client, tenant, other_tenant
