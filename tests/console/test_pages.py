@@ -878,9 +878,22 @@ class TestMyAccount:
 class TestTenant:
     async def test_rename_and_owner_deletes_with_confirmation(self, client, tenant):
         owner = await console_sign_in(client, tenant)
-        assert (await owner.post("/console/tenant", {"name": "Renamed Co"})).status_code == 303
+        r = await owner.post(
+            "/console/tenant", {"name": "Renamed Co", "access_token_ttl_seconds": "600"}
+        )
+        assert r.status_code == 303
         r = await client.get("/api/v1/tenant", headers=tenant.owner.headers)
         assert r.json()["name"] == "Renamed Co"
+        assert r.json()["settings"]["access_token_ttl_seconds"] == 600
+        r = await owner.post(
+            "/console/tenant", {"name": "Renamed Co", "access_token_ttl_seconds": "5"}
+        )
+        assert r.status_code == 422
+        assert 'id="f-access_token_ttl_seconds-problem"' in r.text
+        r = await owner.post("/console/tenant", {"name": "Again"})  # blank keeps the value
+        assert r.status_code == 303
+        r = await client.get("/api/v1/tenant", headers=tenant.owner.headers)
+        assert r.json()["settings"]["access_token_ttl_seconds"] == 600
         assert (await owner.post("/console/tenant/delete", {"confirm": "nope"})).status_code == 403
         r = await owner.post("/console/tenant/delete", {"confirm": tenant.slug})
         assert r.status_code == 303

@@ -330,30 +330,62 @@ async def revoke_key(
 # --- the tenant -----------------------------------------------------------------------------
 
 
+TENANT_SETTINGS = (
+    ("access_token_ttl_seconds", "Access token lifetime (seconds)"),
+    ("refresh_token_ttl_seconds", "Refresh token lifetime (seconds)"),
+    ("session_idle_timeout_seconds", "Browser session idle timeout (seconds)"),
+    ("session_absolute_timeout_seconds", "Browser session absolute timeout (seconds)"),
+)
+
+
+def _tenant_page(
+    request: Request,
+    tenant: Any,
+    values: dict[str, Any],
+    problems: dict[str, str],
+    status_code: int = 200,
+) -> Response:
+    return page(
+        request,
+        "tenant.html",
+        {
+            "tenant": tenant,
+            "values": values,
+            "settings": TENANT_SETTINGS,
+            "problems": problems,
+        },
+        status_code=status_code,
+    )
+
+
 @router.get("/tenant")
 async def tenant_page(request: Request, principal: Reader, session: ConsoleSession) -> Response:
-    """The tenant (renamed by admins, deleted by its owner)."""
+    """The tenant and its settings (changed by admins, deleted by its owner)."""
     tenant = await tenants.get_tenant(session, principal.tenant_id)
-    return page(request, "tenant.html", {"tenant": tenant, "problems": {}})
+    values = {"name": tenant.name, **{k: tenant.settings.get(k) for k, _ in TENANT_SETTINGS}}
+    return _tenant_page(request, tenant, values, {})
 
 
 @router.post("/tenant")
 async def update_tenant(
     request: Request, form: FormDep, principal: Admin, session: ConsoleSession
 ) -> Response:
-    """Rename the tenant (`PATCH /tenant`)."""
+    """Rename the tenant or change its lifetimes (`PATCH /tenant`); a blank lifetime keeps the
+    value it has (the server's default when never set)."""
+    values: dict[str, Any] = {"name": form.get("name")}
+    chosen: dict[str, Any] = {}
+    for name, _label in TENANT_SETTINGS:
+        values[name] = form.get(name)
+        if values[name]:
+            chosen[name] = int(values[name]) if values[name].isdigit() else values[name]
     try:
-        data = parse(TenantUpdate, {"name": form.get("name")})
+        data = parse(TenantUpdate, {"name": values["name"], "settings": chosen})
         await tenants.update_tenant(session, principal, data)
     except AppError as exc:
         await session.rollback()
         tenant = await tenants.get_tenant(session, principal.tenant_id)
-        return page(
-            request,
-            "tenant.html",
-            {"tenant": tenant, "problems": from_app_error(exc)},
-            status_code=exc.status_code,
-        )
+        problems = {k.removeprefix("settings."): v for k, v in from_app_error(exc).items()}
+        return _tenant_page(request, tenant, values, problems, exc.status_code)
     return redirect("/tenant", "tenant-saved")
 
 
