@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.browser_sessions import service as browser
 from app.browser_sessions.schemas import SessionCreate
-from app.console.deps import ConsoleRoute, ConsoleSession, FormDep, Viewer
+from app.console.deps import ConsoleRoute, ConsoleSession, FormDep, Viewer, end_refused
 from app.console.identity import identity_provider_links
 from app.console.problems import from_app_error, parse
 from app.console.render import PREFIX, home_for, page, redirect
@@ -64,7 +64,7 @@ async def sign_in(
             session, runtime.browser, data, request.headers.get("origin")
         )
     except AppError as exc:
-        await session.rollback()
+        await end_refused(session, exc)
         return page(
             request,
             "sign_in.html",

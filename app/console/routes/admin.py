@@ -10,7 +10,15 @@ from fastapi import APIRouter, Request, Response
 
 from app.apikeys import service as apikeys
 from app.apikeys.schemas import SCOPES, ApiKeyCreate
-from app.console.deps import Admin, ConsoleRoute, ConsoleSession, FormDep, Owner, Reader
+from app.console.deps import (
+    Admin,
+    ConsoleRoute,
+    ConsoleSession,
+    FormDep,
+    Owner,
+    Reader,
+    end_refused,
+)
 from app.console.problems import GENERAL, from_app_error, parse
 from app.console.render import PREFIX, page, redirect
 from app.core.errors import AppError, Forbidden
@@ -80,7 +88,7 @@ async def create_user(
         data = parse(UserCreate, {**values, "password": form.get("password")})
         await users.create_user(session, principal, data)
     except AppError as exc:
-        await session.rollback()
+        await end_refused(session, exc)
         return await _users_page(
             request,
             principal,
@@ -116,7 +124,7 @@ async def update_user(
     except AppError as exc:
         if exc.status_code == 404:
             raise
-        await session.rollback()
+        await end_refused(session, exc)
         return await _users_page(
             request, principal, session, error=exc.message, status_code=exc.status_code
         )
@@ -139,7 +147,7 @@ async def delete_user(
     except AppError as exc:
         if exc.status_code == 404:
             raise
-        await session.rollback()
+        await end_refused(session, exc)
         return await _users_page(
             request, principal, session, error=exc.message, status_code=exc.status_code
         )
@@ -232,7 +240,7 @@ async def create_issuer(
         data = parse(IssuerCreate, body)
         await issuers.create_issuer(session, runtime.bus, runtime.issuer_rules, principal, data)
     except AppError as exc:
-        await session.rollback()
+        await end_refused(session, exc)
         return await _issuers_page(
             request,
             session,
@@ -307,7 +315,7 @@ async def create_key(
         )
         row, secret = await apikeys.create_key(session, principal, data)
     except AppError as exc:
-        await session.rollback()
+        await end_refused(session, exc)
         return await _keys_page(
             request,
             session,
@@ -382,7 +390,7 @@ async def update_tenant(
         data = parse(TenantUpdate, {"name": values["name"], "settings": chosen})
         await tenants.update_tenant(session, principal, data)
     except AppError as exc:
-        await session.rollback()
+        await end_refused(session, exc)
         tenant = await tenants.get_tenant(session, principal.tenant_id)
         problems = {k.removeprefix("settings."): v for k, v in from_app_error(exc).items()}
         return _tenant_page(request, tenant, values, problems, exc.status_code)

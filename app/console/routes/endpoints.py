@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.authz import istio
-from app.console.deps import Admin, ConsoleRoute, ConsoleSession, Form, FormDep, Reader
+from app.console.deps import Admin, ConsoleRoute, ConsoleSession, Form, FormDep, Reader, end_refused
 from app.console.problems import GENERAL, from_app_error, parse
 from app.console.render import PAGE_HEADERS, PREFIX, page, redirect
 from app.console.snippets import gateway_snippets
@@ -108,7 +108,7 @@ async def create_endpoint(
             session, runtime.bus, runtime.settings.upstream_allowed_hosts, principal, data
         )
     except AppError as exc:
-        await session.rollback()
+        await end_refused(session, exc)
         return page(
             request,
             "endpoint_form.html",
@@ -178,7 +178,7 @@ async def update_endpoint(
     except AppError as exc:
         if exc.status_code == 404:
             raise
-        await session.rollback()
+        await end_refused(session, exc)
         return await _endpoint_page(
             request,
             session,
@@ -230,7 +230,7 @@ async def put_credential(
     except AppError as exc:
         if exc.status_code == 404:
             raise
-        await session.rollback()
+        await end_refused(session, exc)
         return await _endpoint_page(
             request,
             session,
@@ -407,7 +407,7 @@ async def create_policy(
         )
         await policies.create_policy(session, runtime.bus, principal, slug, data)
     except AppError as exc:
-        await session.rollback()
+        await end_refused(session, exc)
         endpoint = await endpoints.get_by_slug(session, slug)  # the rollback expired it
         return _policy_form(
             request, endpoint, values, problems=from_app_error(exc), status_code=exc.status_code
@@ -450,7 +450,7 @@ async def update_policy(
         )
         await policies.update_policy(session, runtime.bus, principal, slug, policy_id, data)
     except AppError as exc:
-        await session.rollback()
+        await end_refused(session, exc)
         # The rollback expired what was loaded.
         endpoint = await endpoints.get_by_slug(session, slug)
         policy = await policies.get_policy(session, slug, policy_id)
