@@ -6,9 +6,15 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app.console.render import PREFIX, STATIC_DIR
-from app.console.routes import account, admin, audit, endpoints
+from app.console.routes import account, admin, audit, endpoints, identity_providers
 
-ROUTERS = (account.router, endpoints.router, admin.router, audit.router)
+ROUTERS = (
+    account.router,
+    endpoints.router,
+    admin.router,
+    identity_providers.router,
+    audit.router,
+)
 
 
 def install_console(app: FastAPI) -> None:

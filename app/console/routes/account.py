@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
 
+from app.browser_sessions import oidc_logout
 from app.browser_sessions import service as browser
 from app.browser_sessions.schemas import SessionCreate
 from app.console.deps import ConsoleRoute, ConsoleSession, FormDep, Viewer, end_refused
@@ -37,7 +39,7 @@ async def console_home(principal: Viewer) -> Response:
 
 
 @router.get("/sign-in")
-async def sign_in_page(request: Request, session: DbSession) -> Response:
+async def sign_in_page(request: Request, session: DbSession, runtime: RuntimeDep) -> Response:
     """The password form and the tenant's identity providers."""
     tenant = request.query_params.get("tenant") or None
     return page(
@@ -46,7 +48,9 @@ async def sign_in_page(request: Request, session: DbSession) -> Response:
         {
             "tenant": tenant or "",
             "next": _safe_next(request.query_params.get("next")) or "",
-            "providers": await identity_provider_links(session, tenant),
+            "providers": await identity_provider_links(
+                session, runtime.settings.public_url, tenant
+            ),
             "problems": {},
         },
     )
@@ -71,7 +75,9 @@ async def sign_in(
             {
                 **values,
                 "next": _safe_next(form.get("next")) or "",
-                "providers": await identity_provider_links(session, values["tenant"] or None),
+                "providers": await identity_provider_links(
+                    session, runtime.settings.public_url, values["tenant"] or None
+                ),
                 "problems": from_app_error(exc),
             },
             status_code=exc.status_code,
@@ -84,10 +90,28 @@ async def sign_in(
 
 
 @router.post("/sign-out")
-async def sign_out(principal: Viewer, session: ConsoleSession, runtime: RuntimeDep) -> Response:
-    """Sign out: revoke this session and clear both cookies."""
+async def sign_out(
+    request: Request, principal: Viewer, session: ConsoleSession, runtime: RuntimeDep
+) -> Response:
+    """Sign out: revoke this session and clear both cookies. A session signed in through an
+    identity provider with an `end_session_endpoint` ends the provider's session too
+    (RP-initiated logout, as `DELETE /sessions/current`), which sends the browser back to the
+    console's sign-in page."""
+    back = f"{PREFIX}/sign-in?" + urlencode(
+        {"tenant": principal.tenant_slug or "", "notice": "signed-out"}
+    )
+    end_session = await oidc_logout.end_session_url(session, runtime.oidc, principal, back)
     await browser.revoke_current(session, runtime.browser, principal)
-    response = redirect("/sign-in", "signed-out")
+    response: Response
+    if end_session is None:
+        response = redirect("/sign-in", "signed-out")
+    else:
+        # The page's CSP (`form-action 'self'`) stops a form post from being redirected to
+        # another origin, so the browser is sent on by the response itself (`Refresh`), with
+        # a link for the reader.
+        request.state.principal = None  # signed out: the page shows no navigation
+        response = page(request, "signing_out.html", {"end_session_url": end_session})
+        response.headers["Refresh"] = f"0;url={end_session}"
     clear_session_cookies(response, runtime.settings)
     return response
 
