@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
 
@@ -23,6 +22,8 @@ from app.web.routes.sessions import clear_session_cookies, set_session_cookies
 
 router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
 SESSION_PAGE = PageParams(limit=100, cursor=None)
+# Where a provider sends the browser after its logout (registered at the provider as is).
+POST_LOGOUT_PATH = f"{PREFIX}/sign-in"
 
 
 def _safe_next(value: str | None) -> str | None:
@@ -97,10 +98,9 @@ async def sign_out(
     identity provider with an `end_session_endpoint` ends the provider's session too
     (RP-initiated logout, as `DELETE /sessions/current`), which sends the browser back to the
     console's sign-in page."""
-    back = f"{PREFIX}/sign-in?" + urlencode(
-        {"tenant": principal.tenant_slug or "", "notice": "signed-out"}
+    end_session = await oidc_logout.end_session_url(
+        session, runtime.oidc, principal, POST_LOGOUT_PATH
     )
-    end_session = await oidc_logout.end_session_url(session, runtime.oidc, principal, back)
     await browser.revoke_current(session, runtime.browser, principal)
     response: Response
     if end_session is None:

@@ -10,8 +10,9 @@ from fastapi import APIRouter, Request, Response
 
 from app.browser_sessions import oidc_logout
 from app.console.deps import Admin, ConsoleRoute, ConsoleSession, Form, FormDep, Reader, end_refused
-from app.console.problems import GENERAL, _NAMED, from_app_error, parse
+from app.console.problems import _NAMED, GENERAL, from_app_error, parse
 from app.console.render import PREFIX, page, redirect
+from app.console.routes.account import POST_LOGOUT_PATH
 from app.core.errors import AppError
 from app.core.identity import Principal
 from app.core.pagination import PageParams
@@ -127,6 +128,7 @@ async def _list_page(
             "providers": [providers.public_view(rules, principal.tenant_slug, r) for r in rows],
             "next_cursor": next_cursor,
             "backchannel_logout_uri": providers.backchannel_logout_uri(rules.public_url),
+            "post_logout_uri": rules.public_url.rstrip("/") + POST_LOGOUT_PATH,
             "client_auths": CLIENT_AUTHS,
             "default_roles": DEFAULT_ROLES,
             "values": values or NEW_VALUES,
@@ -154,6 +156,7 @@ async def _provider_page(
         "identity_provider.html",
         {
             "provider": view,
+            "post_logout_uri": runtime.provider_rules.public_url.rstrip("/") + POST_LOGOUT_PATH,
             "client_jwk": json.dumps(view.client_jwk, indent=2) if view.client_jwk else None,
             "client_auths": CLIENT_AUTHS,
             "default_roles": DEFAULT_ROLES,
