@@ -42,7 +42,7 @@ def _problems(exc: AppError) -> dict[str, str]:
             key = named.group(1)
         if key == "discovery" or exc.code == "invalid_discovery":
             key = "issuer"
-        problems.setdefault(key.removeprefix("claim_mapping."), message)
+        problems.setdefault(key.replace("claim_mapping.", "claim_"), message)
     return problems
 
 
@@ -60,7 +60,7 @@ def _values(form: Form) -> dict[str, Any]:
         "enabled": form.checked("enabled"),
     }
     for claim in CLAIMS:
-        values[claim] = form.get(claim)
+        values[f"claim_{claim}"] = form.get(f"claim_{claim}")
     return values
 
 
@@ -71,7 +71,7 @@ def _body(form: Form, values: dict[str, Any]) -> dict[str, Any]:
         "client_id": values["client_id"],
         "client_secret": form.optional("client_secret"),
         "scopes": form.get("scopes").split(),
-        "claim_mapping": {c: values[c] for c in CLAIMS if values[c]},
+        "claim_mapping": {c: values[f"claim_{c}"] for c in CLAIMS if values[f"claim_{c}"]},
         "allowed_email_domains": form.get("allowed_email_domains").split(),
         "default_role": values["default_role"],
         "jit_provisioning": values["jit_provisioning"],
@@ -91,7 +91,7 @@ def _from_view(view: IdentityProviderPublic) -> dict[str, Any]:
         "default_role": view.default_role,
         "jit_provisioning": view.jit_provisioning,
         "enabled": view.enabled,
-        **{claim: view.claim_mapping.get(claim, "") for claim in CLAIMS},
+        **{f"claim_{claim}": view.claim_mapping.get(claim, "") for claim in CLAIMS},
     }
 
 
@@ -101,10 +101,8 @@ NEW_VALUES: dict[str, Any] = {
     "default_role": "member",
     "jit_provisioning": False,
     "enabled": True,
-    "subject": "sub",
-    "email": "email",
-    "name": "name",
-    "groups": "groups",
+    **{f"claim_{claim}": claim for claim in CLAIMS},
+    "claim_subject": "sub",
 }
 
 
