@@ -10,6 +10,8 @@ import uuid
 import pytest
 from fastapi.routing import APIRoute
 
+from app.core.db import set_session_tenant
+from app.identity_providers.models import IdentityProvider
 from tests.audit.helpers import append_many, events, tamper
 from tests.conftest import PASSWORD, add_policy, make_endpoint
 from tests.console.conftest import console_sign_in, signed_in_as
@@ -283,6 +285,13 @@ FORMS = {
     "/console/endpoints/{slug}/policies/{policy_id}/edit": {"mode": "deny", "patterns": "*@*"},
     "/console/endpoints/{slug}/policies/{policy_id}/enabled": {"enabled": "false"},
     "/console/users/{user_id}": {"role": "viewer"},
+    "/console/identity-providers/{provider_id}": {
+        "issuer": "https://idp.mine.example",
+        "client_id": "mine",
+        "scopes": "openid",
+        "enabled": "on",
+    },
+    "/console/identity-providers/{provider_id}/enabled": {"enabled": "off"},
 }
 
 
@@ -297,6 +306,26 @@ def console_routes() -> list[tuple[str, str]]:
         if isinstance(route, APIRoute) and "{" in route.path
         for method in sorted(route.methods - {"HEAD", "OPTIONS"})
     ]
+
+
+async def _their_provider(runtime, tenant_id) -> uuid.UUID:
+    """An identity provider of another tenant, stored as registering one stores it (discovery
+    needs a live provider; the console's own tests register through one)."""
+    row = IdentityProvider(
+        tenant_id=uuid.UUID(str(tenant_id)),
+        name="theirs",
+        issuer="https://idp.theirs.example",
+        client_id="theirs",
+        client_auth="private_key_jwt",
+        provider_metadata={"authorization_endpoint": "https://idp.theirs.example/auth"},
+        scopes=["openid"],
+        claim_mapping={},
+        default_role="member",
+    )
+    async with runtime.sessionmaker() as db, db.begin():
+        set_session_tenant(db, row.tenant_id)
+        db.add(row)
+    return row.id
 
 
 class TestCrossTenant:
@@ -326,6 +355,7 @@ class TestCrossTenant:
         )
         assert issuer.status_code == 201, issuer.text
         their_session = await browser_login(client, other_tenant)
+        their_provider = await _their_provider(app.state.runtime, other_tenant.id)
         their_events = await events(app.state.runtime, other_tenant.id)
         ids = {
             "slug": "theirs",
@@ -335,6 +365,7 @@ class TestCrossTenant:
             "issuer_id": issuer.json()["id"],
             "session_id": their_session.id,
             "event_id": str(their_events[0].id),
+            "provider_id": str(their_provider),
         }
         owner = await console_sign_in(client, tenant)
         routes = console_routes()
@@ -364,6 +395,11 @@ class TestCrossTenant:
         assert len((await client.get("/api/v1/issuers", headers=h)).json()["items"]) == 1
         r = await client.get("/api/v1/auth/me", headers=their_session.headers(csrf=False))
         assert r.status_code == 200  # their browser session is alive
+        async with app.state.runtime.sessionmaker() as db:
+            set_session_tenant(db, uuid.UUID(str(other_tenant.id)))
+            kept = await db.get(IdentityProvider, their_provider)
+        assert kept is not None
+        assert kept.enabled is True
 
     async def test_why_cannot_reach_another_tenants_endpoint_or_user(
         self, client, tenant, other_tenant
