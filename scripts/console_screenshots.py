@@ -182,6 +182,8 @@ async def _shoot(base: str, out: Path, chromium: str) -> list[Path]:
         async with page.expect_navigation():
             await page.click("button:text('Create key')")
         await shot("api-key-created", full=False)
+        await page.goto(f"{base}/console/identity-providers")
+        await shot("identity-providers")
         await page.goto(f"{base}/console/audit")
         async with page.expect_navigation():
             await page.click("button:text('Verify chain')")
