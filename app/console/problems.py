@@ -23,7 +23,10 @@ def from_validation(exc: ValidationError) -> dict[str, str]:
     problems: dict[str, str] = {}
     for error in exc.errors():
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-        problems.setdefault(_loc(error.get("loc", ())), message)
+        loc = _loc(error.get("loc", ()))
+        # A model-level check names its field first ("client_secret: required with …").
+        named = _NAMED.match(message) if loc == GENERAL else None
+        problems.setdefault(named.group(1) if named else loc, message)
     return problems
 
 

@@ -239,6 +239,17 @@ class TestIdentityProvidersPage:
             assert f'value="{provider.issuer}/nowhere"' in r.text  # what was typed stays
             assert "No identity provider" in r.text  # nothing was created
 
+    async def test_a_missing_secret_is_shown_next_to_its_field(self, warden, provider):
+        async with httpx.AsyncClient(timeout=15) as client:
+            tenant = await new_tenant(warden.url)
+            owner = await _sign_in(client, warden, tenant.slug, tenant.owner_email)
+            form = _form(provider, {"client_id": "x", "client_secret": ""}, tenant)
+            r = await owner.post(f"{warden.url}{PAGE}", form, origin=warden.url)
+            assert r.status_code == 422, r.text[:500]
+            problem = re.search(r'id="f-client_secret-problem">([^<]*)</p>', r.text)
+            assert problem is not None, r.text
+            assert "required with client_secret_basic" in problem.group(1)
+
     async def test_viewer_reads_member_does_not_see_other_tenant_is_404(self, warden, provider):
         async with httpx.AsyncClient(timeout=15) as client:
             tenant, _owner, provider_id, registered = await _admin_with_provider(

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.browser_sessions import oidc_logout
 from app.console.deps import Admin, ConsoleRoute, ConsoleSession, Form, FormDep, Reader, end_refused
-from app.console.problems import _NAMED, GENERAL, from_app_error, parse
+from app.console.problems import from_app_error, parse
 from app.console.render import PREFIX, page, redirect
 from app.console.routes.account import POST_LOGOUT_PATH
 from app.core.errors import AppError
@@ -33,16 +33,11 @@ BASE = "/identity-providers"
 
 
 def _problems(exc: AppError) -> dict[str, str]:
-    """Messages by form field: a discovery refusal is about the issuer; a message naming its
-    field ("client_secret: required …") goes next to that field."""
+    """Messages by form field: a discovery refusal is about the issuer."""
     problems: dict[str, str] = {}
     for key, message in from_app_error(exc).items():
-        named = _NAMED.match(message) if key == GENERAL else None
-        if named:
-            key = named.group(1)
-        if key == "discovery" or exc.code == "invalid_discovery":
-            key = "issuer"
-        problems.setdefault(key.replace("claim_mapping.", "claim_"), message)
+        field = "issuer" if exc.code == "invalid_discovery" else key
+        problems.setdefault(field.replace("claim_mapping.", "claim_"), message)
     return problems
 
 
@@ -221,7 +216,6 @@ async def update_provider(
     """Change a provider (`PATCH /identity-providers/{id}`); a blank secret keeps the one it
     has; the issuer's discovery is read again."""
     values = _values(form)
-    values["name"] = form.get("name")
     try:
         data = parse(IdentityProviderUpdate, _body(form, values))
         await providers.update_provider(
