@@ -435,7 +435,8 @@ async def _provision_demo(
 
 
 def demo_commands(base: str, *, tenant: str, owner: str, denied: str, password: str) -> str:
-    """The shell commands `warden dev` prints: log in, a query allowed, a query denied."""
+    """What `warden dev` prints: the console's URL with the demo sign-in, and the shell commands
+    to log in, make a query allowed and a query denied."""
     import json
     import shlex
 
@@ -456,6 +457,7 @@ def demo_commands(base: str, *, tenant: str, owner: str, denied: str, password: 
 
     return "\n".join(
         [
+            f"Console: {base}/console (sign in: tenant {tenant}, {owner}, password {password})",
             f"Try it (tenant {tenant}, password {password} for both users):",
             f"  # log in as {owner} (owner) and as {denied} (member)",
             f"  {login('TOKEN', owner)}",
@@ -572,11 +574,16 @@ def dev(
     run_migrations()
     tenant_create(tenant, owner_email=email, name="Demo", password=password, if_missing=True)
     settings = get_settings()
+    host, port = host or settings.host, port or settings.port
+    if "public_url" not in settings.model_fields_set:
+        # The console's sign-in and forms are checked against the origin the browser uses.
+        local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+        settings = settings.model_copy(update={"public_url": f"http://{local}:{port}"})
     asyncio.run(
         _serve_dev(
             settings,
-            host=host or settings.host,
-            port=port or settings.port,
+            host=host,
+            port=port,
             internal_host=settings.internal_host,
             internal_port=internal_port or settings.internal_port,
             tenant=tenant,

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from pathlib import Path
+
+import fastapi_offline
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import models as _models  # noqa: F401  (every table registered before any query)
+from app.console.router import install_console
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
@@ -32,6 +39,9 @@ from app.web.routes.users import router as users_router
 from app.web.state import Runtime
 
 API_PREFIX = "/api/v1"
+# Swagger UI and ReDoc from the installed fastapi-offline package: the docs work offline.
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+DOCS_STATIC = "/docs-static"
 
 
 # Routes match in order: the enforcement hot path first. Each router is included straight into
@@ -107,6 +117,33 @@ def wrap(endpoint: ASGIApp, layers: list[Middleware]) -> ASGIApp:
     return endpoint
 
 
+def install_offline_docs(app: FastAPI) -> None:
+    """`/docs` (Swagger UI) and `/redoc` served with assets from this machine, never a CDN."""
+    app.mount(DOCS_STATIC, StaticFiles(directory=DOCS_ASSETS), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_STATIC}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
+            with_google_fonts=False,
+        )
+
+
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     """Build the public app; the runtime (database, keys, Redis) is made in the lifespan, unless
     one is given (`warden serve` shares one with the internal app and owns its lifecycle)."""
@@ -120,12 +157,16 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             'Errors are `{"error": {"code", "message", "request_id"}}`.'
         ),
         lifespan=runtime_lifespan(settings, runtime),
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
+    install_offline_docs(app)
     app.include_router(health_router)
     app.include_router(well_known)
     for router in API_ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
+    install_console(app)
     edge = edge_middleware(settings)
     for layer in reversed(edge):  # added last runs outermost: edge[0] sees requests first
         app.add_middleware(layer.cls, *layer.args, **layer.kwargs)

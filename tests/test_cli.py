@@ -106,9 +106,11 @@ def test_health_of_a_served_process(database):
         assert httpx.get(f"{url}/health").json() == {"status": "ok"}
 
 
-def _start_dev(cwd, port: int, internal_port: int) -> tuple[subprocess.Popen[str], list[str]]:
+def _start_dev(
+    cwd, port: int, internal_port: int
+) -> tuple[subprocess.Popen[str], list[str], list[str]]:
     """`warden dev` as a person runs it (its own .env and SQLite file in `cwd`); returns the
-    process and the command lines it printed under "Try it"."""
+    process, the command lines it printed under "Try it", and everything it printed."""
     import queue
     import threading
 
@@ -152,7 +154,7 @@ def _start_dev(cwd, port: int, internal_port: int) -> tuple[subprocess.Popen[str
         if line.startswith(("  TOKEN=", "  DENIED_TOKEN=", "  curl ")):
             commands.append(line.strip())
         if len(commands) == 4:
-            return proc, commands
+            return proc, commands, seen
 
 
 def _follow(commands: list[str]) -> list[httpx.Response]:
@@ -182,14 +184,40 @@ def _follow(commands: list[str]) -> list[httpx.Response]:
     return answers
 
 
+def _sign_in_to_the_printed_console(printed: list[str]) -> None:
+    """The printed console URL serves the sign-in page, and the printed credentials sign in
+    through its form as a browser on that origin would."""
+    import re
+
+    line = next(line for line in printed if line.startswith("Console: "))
+    found = re.match(
+        r"Console: (http://[^/ ]+)/console \(sign in: tenant (\S+), (\S+), password (\S+)\)",
+        line,
+    )
+    assert found is not None, line
+    base, tenant, email, password = found.groups()
+    with httpx.Client(base_url=base, timeout=30) as http:
+        r = http.get("/console")
+        assert r.status_code == 303
+        assert http.get(r.headers["location"]).status_code == 200
+        r = http.post(
+            "/console/sign-in",
+            data={"tenant": tenant, "email": email, "password": password},
+            headers={"Origin": base},
+        )
+        assert r.status_code == 303, r.text
+        assert "session_id=" in r.headers["set-cookie"]
+
+
 def test_dev_serves_a_demo_endpoint_its_printed_commands_query(tmp_path):
     import signal
 
     from tests.support.servers import free_port
 
     for run in range(2):  # the second start finds the demo and points it at its new upstream
-        proc, commands = _start_dev(tmp_path, free_port(), free_port())
+        proc, commands, printed = _start_dev(tmp_path, free_port(), free_port())
         try:
+            _sign_in_to_the_printed_console(printed)
             allowed, denied = _follow(commands)
             assert allowed.status_code == 200, allowed.text
             assert allowed.json()["echo"] == {"hello": "warden"}

@@ -40,6 +40,7 @@ ALLOWED: dict[str, set[str]] = {
     "authz": {"core", "audit", "tenants", "endpoints", "policies", "upstream_secrets", "issuers"},
 }
 ALLOWED["web"] = set(ALLOWED) - {"web"}
+ALLOWED["console"] = set(ALLOWED) - {"console"}
 # Composition roots: may import anything, imported by nothing.
 ROOTS = {"main", "internal", "cli", "lifespan", "models", "devserver"}
 

@@ -255,3 +255,16 @@ async def pseudonymise_actor(session: AsyncSession, actor_id: str, alias: str) -
     )
     result = await session.execute(stmt)
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def outcomes_since(
+    session: AsyncSession, actions: tuple[str, ...], since: datetime, limit: int
+) -> list[tuple[datetime, str, Any]]:
+    """(at, outcome, details) of the tenant's newest events of `actions` since `since`."""
+    stmt = (
+        select(col(AuditEvent.at), col(AuditEvent.outcome), col(AuditEvent.details))
+        .where(col(AuditEvent.action).in_(actions), col(AuditEvent.at) >= since)
+        .order_by(col(AuditEvent.seq).desc())
+        .limit(limit)
+    )
+    return [(row[0], row[1], row[2]) for row in (await session.execute(stmt)).all()]

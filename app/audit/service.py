@@ -763,3 +763,16 @@ async def _export_stream(
         yield csv_header()
     async for rows in repository.iter_chunks(sessionmaker, tenant_id, filters):
         yield csv_chunk(rows) if fmt == "csv" else jsonl_chunk(rows)
+
+
+async def outcomes_since(
+    session: AsyncSession, actions: tuple[str, ...], since: datetime, limit: int = 20_000
+) -> list[tuple[datetime, str, Any]]:
+    """(at, outcome, details) of the session tenant's newest events of `actions` since `since`
+    (at most `limit`, for summaries such as the console's overview)."""
+    return await repository.outcomes_since(session, actions, since, limit)
+
+
+async def get_event(session: AsyncSession, event_id: uuid.UUID) -> AuditEvent | None:
+    """One of the session tenant's events."""
+    return await session.get(AuditEvent, event_id)

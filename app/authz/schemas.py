@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, IPvAnyAddress
 
 from app.core.identity import Role
 from app.core.schemas import EmailText, Slug, StrictModel
@@ -25,6 +25,9 @@ class CheckRequest(StrictModel):
     as_: WhatIf | None = Field(default=None, alias="as")
     method: str = Field(default="POST", pattern=r"^[A-Z]{3,7}$")
     path: str | None = Field(default=None, max_length=2048)
+    ip: IPvAnyAddress | None = Field(
+        default=None, description="The client address to decide for (admins only; default: yours)."
+    )
 
 
 class CheckResponse(BaseModel):

@@ -116,17 +116,22 @@ async def check(
     is_admin = principal.kind != "api_key" and principal.role.at_least(Role.ADMIN)
     if principal.kind == "api_key" and not ({"authz:check", "endpoints:query"} & principal.scopes):
         raise Forbidden("This API key lacks the authz:check scope.", code="insufficient_scope")
-    if data.as_ is not None and not is_admin:
+    if (data.as_ is not None or data.ip is not None) and not is_admin:
         raise Forbidden("Only admins may ask about another principal.", code="insufficient_role")
     endpoint = await load_endpoint(endpoints, principal, data.endpoint)
     subject = _what_if_subject(principal, data) if data.as_ else pipeline.subject(principal)
     facts = RequestFacts(
         method=data.method,
         path=data.path or f"/endpoints/{endpoint.slug}",
-        ip=current_request().ip,
+        ip=str(data.ip) if data.ip is not None else current_request().ip,
     )
     decision = await pipeline.decide(
-        endpoint, subject, facts, spend=False, explain=is_admin, remember=data.as_ is None
+        endpoint,
+        subject,
+        facts,
+        spend=False,
+        explain=is_admin,
+        remember=data.as_ is None and data.ip is None,
     )
     pipeline.record(CHECK_ACTION, decision, principal.actor, {"what_if": data.as_ is not None})
     if decision.error is not None:

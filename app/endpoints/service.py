@@ -6,9 +6,10 @@ import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from app.audit.service import record
 from app.core.db import SKIP_TENANT_FILTER
@@ -102,10 +103,22 @@ async def _ensure_host_free(session: AsyncSession, tenant_id: uuid.UUID, host: s
 
 
 async def list_endpoints(
-    session: AsyncSession, params: PageParams
+    session: AsyncSession, params: PageParams, search: str | None = None
 ) -> tuple[list[Endpoint], str | None]:
-    """A page of the tenant's endpoints."""
-    return await paginate(session, select(Endpoint), Endpoint, params)
+    """A page of the tenant's endpoints; `search` keeps those whose name or slug contains it
+    (case-insensitive)."""
+    stmt = select(Endpoint)
+    if search:
+        # LIKE wildcards in the search text are matched literally.
+        escaped = search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        needle = f"%{escaped}%"
+        stmt = stmt.where(
+            or_(
+                func.lower(col(Endpoint.name)).like(needle, escape="\\"),
+                col(Endpoint.slug).like(needle, escape="\\"),
+            )
+        )
+    return await paginate(session, stmt, Endpoint, params)
 
 
 async def create_endpoint(

@@ -197,6 +197,19 @@ class _Entry:
     stale_until: float = -math.inf
     failed_at: float = -math.inf
     refetched_at: float = -math.inf
+    # For people (the console): wall-clock time of the last fetch attempt and its failure.
+    attempted_at: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class FetchStatus:
+    """What this process knows of one JWKS URL: its key ids, when it was last fetched (Unix
+    time) and why that fetch failed, if it did."""
+
+    key_ids: list[str] | None
+    attempted_at: float | None
+    error: str | None
 
 
 class JwksCache:
@@ -220,6 +233,14 @@ class JwksCache:
         self.clock = clock
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[KeySet | IssuerUnavailable]] = {}
+
+    def status(self, uri: str) -> FetchStatus | None:
+        """This process's last fetch of `uri` (None when it never fetched it)."""
+        entry = self._entries.get(uri)
+        if entry is None:
+            return None
+        kids = entry.keys.kids if entry.keys is not None else None
+        return FetchStatus(key_ids=kids, attempted_at=entry.attempted_at, error=entry.error)
 
     def forget(self, uri: str | None) -> None:
         """Drop one URL's keys (issuer changed or deleted), or every URL's."""
@@ -293,6 +314,7 @@ class JwksCache:
             log.warning("jwks_fetch_failed", jwks_uri=uri, reason=exc.reason)
             entry = self._entry(uri)
             entry.failed_at = self.clock()
+            entry.attempted_at, entry.error = time.time(), exc.reason
             try:
                 return self._stale_or_fail(entry, entry.failed_at)
             except IssuerUnavailable as unavailable:
@@ -305,6 +327,7 @@ class JwksCache:
         entry.fresh_until = started + ttl
         entry.stale_until = entry.fresh_until + self.stale_for
         entry.failed_at = -math.inf
+        entry.attempted_at, entry.error = time.time(), None
         log.info("jwks_fetched", jwks_uri=uri, keys=len(keys.keys), ttl=ttl)
         return keys
 

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from app.apikeys.cache import ApiKeyCache
 from app.apikeys.service import KEY_PREFIX, expired, hash_key
 from app.audit.service import AuditWriter
-from app.browser_sessions.service import SESSION_COOKIE
+from app.browser_sessions.service import CSRF_HEADER, SESSION_COOKIE
 from app.core import jose
 from app.core.config import Settings
 from app.core.context import current_request
@@ -136,9 +136,16 @@ class Authenticator:
         self.verified = VerifiedTokenCache()
 
     async def authenticate(
-        self, request: Request, mode: Mode = Mode.PUBLIC, tenant_hint: str | None = None
+        self,
+        request: Request,
+        mode: Mode = Mode.PUBLIC,
+        tenant_hint: str | None = None,
+        csrf_token: str | None = None,
     ) -> Principal:
-        """The principal behind a request's credential, as `mode` allows."""
+        """The principal behind a request's credential, as `mode` allows.
+
+        `csrf_token` is the CSRF token an HTML form carries in its body (a form cannot set
+        `X-CSRF-Token`); it is checked exactly as the header would be."""
         if mode is Mode.INTERNAL:
             return await self._service_principal(request)
         cookie = self.settings.forward_auth_cookie if mode is Mode.GATEWAY else SESSION_COOKIE
@@ -148,7 +155,10 @@ class Authenticator:
         if presented.is_api_key:
             return await self.api_key(presented.value)
         if presented.source == "cookie" and mode is Mode.PUBLIC:
-            return await self.cookie(presented.value, request.method, request.headers)
+            headers: Mapping[str, str] = request.headers
+            if csrf_token is not None:
+                headers = {**request.headers, CSRF_HEADER: csrf_token}
+            return await self.cookie(presented.value, request.method, headers)
         hint = tenant_hint if mode is Mode.GATEWAY else request.headers.get("x-tenant")
         return await self.token(presented.value, hint)
 

@@ -70,29 +70,35 @@ async def tenant_session(principal: CurrentPrincipal, session: DbSession) -> Asy
 TenantSession = Annotated[AsyncSession, Depends(tenant_session)]
 
 
+def ensure_role(runtime: Runtime, principal: Principal, role: Role, path: str) -> None:
+    """Refuse (403, audited) a caller that does not hold `role` or a higher one; API keys
+    never pass a role check (they call only the routes their scopes name)."""
+    refusal = None
+    if principal.kind == "api_key":
+        refusal = Forbidden(
+            "API keys may only call the routes their scopes name.", code="insufficient_scope"
+        )
+    elif not principal.role.at_least(role):
+        refusal = Forbidden(f"This requires the {role.value} role.", code="insufficient_role")
+    if refusal is not None:
+        # Authorisation failures are security events (PRODUCT.md, Audit).
+        runtime.audit.submit(
+            tenant_id=principal.tenant_id,
+            action="auth.forbidden",
+            actor=principal.actor,
+            outcome="denied",
+            details={"code": refusal.code, "required": role.value, "path": path},
+        )
+        raise refusal
+
+
 def require_role(role: Role) -> Callable[..., Coroutine[Any, Any, Principal]]:
     """A dependency that admits callers holding `role` or a higher one."""
 
     async def check(
         principal: CurrentPrincipal, runtime: RuntimeDep, request: Request
     ) -> Principal:
-        refusal = None
-        if principal.kind == "api_key":
-            refusal = Forbidden(
-                "API keys may only call the routes their scopes name.", code="insufficient_scope"
-            )
-        elif not principal.role.at_least(role):
-            refusal = Forbidden(f"This requires the {role.value} role.", code="insufficient_role")
-        if refusal is not None:
-            # Authorisation failures are security events (PRODUCT.md, Audit).
-            runtime.audit.submit(
-                tenant_id=principal.tenant_id,
-                action="auth.forbidden",
-                actor=principal.actor,
-                outcome="denied",
-                details={"code": refusal.code, "required": role.value, "path": request.url.path},
-            )
-            raise refusal
+        ensure_role(runtime, principal, role, request.url.path)
         return principal
 
     return check

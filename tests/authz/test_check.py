@@ -74,6 +74,32 @@ class TestCheck:
         )
         assert r.status_code == 403
 
+    async def test_what_if_decides_for_the_given_client_address(self, client, tenant):
+        ep = await make_endpoint(tenant)
+        await add_policy(
+            tenant,
+            ep["slug"],
+            "rule",
+            {"rule": "match", "eval": "!=", "f1": "args.request.ip", "f2": "203.0.113.9"},
+        )
+        ask = {"endpoint": ep["slug"], "as": {"email": "a@b.example"}, "ip": "203.0.113.9"}
+        r = await client.post("/api/v1/authz/check", headers=tenant.owner.headers, json=ask)
+        assert r.json()["allowed"] is False
+        ask["ip"] = "203.0.113.10"
+        r = await client.post("/api/v1/authz/check", headers=tenant.owner.headers, json=ask)
+        assert r.json()["allowed"] is True
+        ask["ip"] = "not-an-address"
+        r = await client.post("/api/v1/authz/check", headers=tenant.owner.headers, json=ask)
+        assert r.status_code == 422
+        # Choosing the address is a what-if: a member may not pretend to come from elsewhere.
+        member = await tenant.add_user("member")
+        r = await client.post(
+            "/api/v1/authz/check",
+            headers=member.headers,
+            json={"endpoint": ep["slug"], "ip": "203.0.113.10"},
+        )
+        assert r.status_code == 403
+
     async def test_rule_what_if_uses_claims(self, client, tenant):
         ep = await make_endpoint(tenant)
         await add_policy(

@@ -242,3 +242,31 @@ class TestKeySelection:
         keys = KeySet([*keys.keys, *keys_from_jwk(realm.add_key("ES256").jwk())])
         with pytest.raises(TokenError, match="ambiguous"):
             keys.select(None, "ES256")
+
+
+class TestFetchStatus:
+    """What the console shows of a JWKS URL: key ids, when it was last fetched, its error."""
+
+    async def test_never_fetched_then_fetched_then_failing(self, cache, clock, realm):
+        assert cache.status(realm.jwks_uri) is None
+        before = time.time()
+        keys = await cache.get(realm.jwks_uri)
+        fetched = cache.status(realm.jwks_uri)
+        assert fetched is not None
+        assert fetched.key_ids == keys.kids
+        assert fetched.error is None
+        assert fetched.attempted_at is not None
+        assert fetched.attempted_at >= before
+        realm.mode = "fail"
+        clock.advance(DAY)
+        await cache.get(realm.jwks_uri)  # served stale
+        failed = cache.status(realm.jwks_uri)
+        assert failed is not None
+        assert failed.error is not None
+        assert failed.key_ids == keys.kids  # the keys still in use
+        realm.mode = "ok"
+        clock.advance(cache.refetch_floor)
+        await cache.get(realm.jwks_uri)
+        recovered = cache.status(realm.jwks_uri)
+        assert recovered is not None
+        assert recovered.error is None

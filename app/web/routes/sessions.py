@@ -29,6 +29,7 @@ internal_router = APIRouter(prefix="/internal/v1/sessions", tags=["session excha
 
 
 def set_session_cookies(response: Response, settings: Settings, new: service.NewSession) -> None:
+    """The session cookie (HttpOnly) and the CSRF cookie (readable) of a new browser session."""
     secure = settings.session_cookie_secure
     response.set_cookie(
         service.SESSION_COOKIE,
@@ -51,7 +52,8 @@ def set_session_cookies(response: Response, settings: Settings, new: service.New
     )
 
 
-def _clear_cookies(response: Response, settings: Settings) -> None:
+def clear_session_cookies(response: Response, settings: Settings) -> None:
+    """Drop both browser-session cookies."""
     secure = settings.session_cookie_secure
     response.delete_cookie(
         service.SESSION_COOKIE, path="/", secure=secure, httponly=True, samesite="lax"
@@ -117,7 +119,7 @@ async def logout(
         response = Response(status_code=status.HTTP_204_NO_CONTENT)
     else:
         response = JSONResponse(LogoutRedirect(end_session_url=end_session).model_dump())
-    _clear_cookies(response, runtime.settings)
+    clear_session_cookies(response, runtime.settings)
     return response
 
 
@@ -129,7 +131,7 @@ async def revoke_session(
     await service.revoke_session(session, runtime.browser, principal, session_id)
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
     if str(session_id) == principal.session_id:
-        _clear_cookies(response, runtime.settings)
+        clear_session_cookies(response, runtime.settings)
     return response
 
 
