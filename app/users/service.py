@@ -73,6 +73,14 @@ async def add_user(
         password_hash=await hash_password_async(password),
         role=role.value,
     )
+    return await _insert_user(session, user, actor, {})
+
+
+async def _insert_user(
+    session: AsyncSession, user: User, actor: Actor, details: dict[str, Any]
+) -> User:
+    """Write a new user (a taken email is 409 `email_taken`) and audit `user.created` in the
+    same transaction."""
     session.add(user)
     try:
         await session.flush()
@@ -80,12 +88,12 @@ async def add_user(
         raise Conflict("A user with this email already exists.", code="email_taken") from exc
     await record(
         session,
-        tenant_id=tenant_id,
+        tenant_id=user.tenant_id,
         action="user.created",
         actor=actor,
         target_type="user",
         target_id=str(user.id),
-        details={"role": role.value},
+        details={"role": user.role, **details},
     )
     return user
 
@@ -107,21 +115,7 @@ async def add_federated_user(
     `user.created` in the same transaction."""
     email = normalise_email_or_422(email)
     user = User(tenant_id=tenant_id, email=email, password_hash=NO_PASSWORD, role=role.value)
-    session.add(user)
-    try:
-        await session.flush()
-    except IntegrityError as exc:
-        raise Conflict("A user with this email already exists.", code="email_taken") from exc
-    await record(
-        session,
-        tenant_id=tenant_id,
-        action="user.created",
-        actor=actor,
-        target_type="user",
-        target_id=str(user.id),
-        details={"role": role.value, **details},
-    )
-    return user
+    return await _insert_user(session, user, actor, details)
 
 
 async def list_users(session: AsyncSession, params: PageParams) -> tuple[list[User], str | None]:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.identity_providers.conftest import new_tenant, serve_warden
-from tests.identity_providers.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.oidc_provider import TestProvider, run_provider
 
 TIMEOUT_MS = 15_000

@@ -25,7 +25,8 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from tests.conftest import PASSWORD
-from tests.sessions.test_browser import CHROMIUM, CHROMIUM_ARGS, warden_with_page
+from tests.sessions.test_browser import warden_with_page
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.servers import free_port, serve_in_thread
 
 pytestmark = pytest.mark.skipif(

@@ -6,23 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 
 import pytest
 
 from tests.identity_providers.conftest import add_provider, new_tenant, serve_warden
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = shutil.which("chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TIMEOUT_MS = 15_000
 
 PAGE = """<!doctype html>

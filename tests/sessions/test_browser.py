@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -30,23 +29,13 @@ from starlette.routing import Route
 from app.core.config import Settings
 from tests.conftest import PASSWORD
 from tests.sessions.conftest import audit_events
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.servers import free_port, serve_in_thread
 
-CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None and not os.environ.get("CI"),
     reason="needs Debian's chromium (.ci/run installs it; CI never skips)",
 )
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TIMEOUT_MS = 15_000
 
 PAGE = """<!doctype html>
