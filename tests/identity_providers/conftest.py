@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,16 +16,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import func, select
 
-from app.core.config import Settings
 from app.core.db import set_session_tenant
 from app.users.models import User
 from tests.conftest import PASSWORD
 from tests.sessions.conftest import audit_events, internal, set_cookies  # noqa: F401
 from tests.support.oidc_provider import TestProvider, provider_login, run_provider
-from tests.support.servers import free_port
+from tests.support.servers import free_port, serve_warden_with_page
 
 
 @dataclass
@@ -41,39 +38,9 @@ class Warden:
 async def serve_warden(page: str | None = None, **overrides: Any) -> AsyncIterator[Warden]:
     """Warden with its lifespan in a uvicorn thread; PUBLIC_URL is its own address. With
     `page`, `/app` serves that HTML from Warden's own origin (the BFF's page)."""
-    from starlette.requests import Request
-    from starlette.responses import HTMLResponse, Response
-
-    from app.main import create_app
-
     port = free_port()
-    settings = Settings(
-        public_url=f"http://127.0.0.1:{port}", session_cookie_secure=False, **overrides
-    )
-    application = create_app(settings)
-    if page is not None:
-
-        async def serve_page(request: Request) -> Response:
-            return HTMLResponse(page)
-
-        application.add_route("/app", serve_page, methods=["GET"], include_in_schema=False)
-    config = uvicorn.Config(
-        application, host="127.0.0.1", port=port, log_config=None, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        # Waiting without blocking this loop: its runtime shares the SQLite file with the server.
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("warden did not start")
-            await asyncio.sleep(0.05)
+    async with serve_warden_with_page(port, page, "/app", **overrides) as application:
         yield Warden(url=f"http://127.0.0.1:{port}", runtime=application.state.runtime)
-    finally:
-        server.should_exit = True
-        await asyncio.to_thread(thread.join, 20)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,17 +19,15 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from app.core.config import Settings
 from tests.conftest import PASSWORD
 from tests.sessions.conftest import audit_events
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.support.servers import free_port, serve_in_thread
+from tests.support.servers import free_port, serve_in_thread, serve_warden_with_page
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None and not os.environ.get("CI"),
@@ -109,32 +106,8 @@ class Recorder:
 @contextlib.asynccontextmanager
 async def warden_with_page(port: int) -> AsyncIterator[str]:
     """Warden (lifespan and all) plus the page at `/`, one origin, uvicorn in a thread."""
-    from app.main import create_app
-
-    settings = Settings(public_url=f"http://127.0.0.1:{port}", session_cookie_secure=False)
-    application = create_app(settings)
-
-    async def page(request: Request) -> Response:
-        return HTMLResponse(PAGE)
-
-    application.add_route("/", page, methods=["GET"], include_in_schema=False)
-    config = uvicorn.Config(
-        application, host="127.0.0.1", port=port, log_config=None, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        # Waiting without blocking this loop: its runtime shares the SQLite file with the server.
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("warden did not start")
-            await asyncio.sleep(0.05)
+    async with serve_warden_with_page(port, PAGE, "/"):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.to_thread(thread.join, 20)
 
 
 @contextlib.contextmanager

@@ -7,13 +7,13 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 
@@ -77,3 +77,43 @@ def serve_in_thread(app: Any, port: int | None = None) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextlib.asynccontextmanager
+async def serve_warden_with_page(
+    port: int, page: str | None = None, path: str = "/app", **overrides: Any
+) -> AsyncIterator[Any]:
+    """Warden (lifespan and all) with uvicorn in a thread, PUBLIC_URL its own address and, with
+    `page`, that HTML served at `path` from Warden's own origin (the BFF's page). Yields the app
+    (its `state.runtime` is the server's)."""
+    from app.core.config import Settings
+    from app.main import create_app
+
+    settings = Settings(
+        public_url=f"http://127.0.0.1:{port}", session_cookie_secure=False, **overrides
+    )
+    application = create_app(settings)
+    if page is not None:
+        html = page
+
+        async def serve_page(request: Request) -> Response:
+            return HTMLResponse(html)
+
+        application.add_route(path, serve_page, methods=["GET"], include_in_schema=False)
+    config = uvicorn.Config(
+        application, host="127.0.0.1", port=port, log_config=None, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        # Waiting without blocking this loop: its runtime shares the SQLite file with the server.
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("warden did not start")
+            await asyncio.sleep(0.05)
+        yield application
+    finally:
+        server.should_exit = True
+        await asyncio.to_thread(thread.join, 20)
