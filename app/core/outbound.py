@@ -245,13 +245,8 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        normalised = host.lower().strip("[]")
-        if normalised in self.allowed:
-            return await self.inner.connect_tcp(host, port, timeout, local_address, socket_options)
         try:
-            async with asyncio.timeout(timeout):
-                addresses = await _addresses(normalised, self.resolver)
-            _judge(normalised, addresses)
+            addresses = await self.targets(host, timeout)
         except TimeoutError as exc:
             raise httpcore.ConnectTimeout(f"resolving {host} timed out") from exc
         except OutboundRefused as exc:
@@ -266,6 +261,18 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
                 error = exc
         assert error is not None  # noqa: S101  (addresses is never empty)
         raise error
+
+    async def targets(self, host: str, timeout: float | None = None) -> list[str]:  # noqa: ASYNC109
+        """What a connection to `host` may be opened to: an allow-listed host as it is (left to
+        the system's resolver), any other host's addresses, resolved once and every one judged
+        (`OutboundRefused`; `TimeoutError` when resolving outlasts `timeout`)."""
+        normalised = host.lower().strip("[]")
+        if normalised in self.allowed:
+            return [host]
+        async with asyncio.timeout(timeout):
+            addresses = await _addresses(normalised, self.resolver)
+        _judge(normalised, addresses)
+        return addresses
 
     async def connect_unix_socket(
         self,

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app.authz import upstream as upstream_module
 from app.core import outbound
 from app.core.outbound import GuardedBackend, GuardedTransport, OutboundRefused, refusal
 from tests.conftest import make_endpoint
@@ -247,15 +248,16 @@ class Rebinding:
         return ["93.184.215.14"] if self.calls == 1 else ["127.0.0.1"]
 
 
-def spy(backend: GuardedBackend, monkeypatch) -> list[str]:
+def spy(monkeypatch) -> list[str]:
+    """The addresses the forwarding pool opens sockets to."""
     seen: list[str] = []
-    real = backend.inner.connect_tcp
+    real = upstream_module._open_socket
 
-    async def connect_tcp(host, *args, **kwargs):
+    async def open_socket(host, *args, **kwargs):
         seen.append(host)
         return await real(host, *args, **kwargs)
 
-    monkeypatch.setattr(backend.inner, "connect_tcp", connect_tcp)
+    monkeypatch.setattr(upstream_module, "_open_socket", open_socket)
     return seen
 
 
@@ -268,8 +270,38 @@ async def test_forwarding_checks_the_address_it_connects_to(
     outbound._resolved.pop(host, None)
     port = httpx.URL(upstream).port
     ep = await make_endpoint(tenant, upstream_url=f"https://{host}:{port}/echo")  # public today
-    seen = spy(runtime.http._transport.network_backend, monkeypatch)
+    seen = spy(monkeypatch)
     r = await client.post(f"/api/v1/endpoints/{ep['slug']}/query", headers=tenant.owner.headers)
     assert r.status_code == 502, r.text
     assert dns.calls >= 2  # resolved again at connect time
     assert "127.0.0.1" not in seen
+
+
+async def test_the_forwarding_pool_connects_only_to_the_judged_addresses(monkeypatch):
+    """The pool resolves through the guard once and opens sockets to those very addresses (no
+    socket is opened here: the stand-in refuses every connection)."""
+    answers = {"public.test": ["93.184.215.14", "2606:4700:4700::1111"]}
+
+    async def dns(host):
+        return answers[host]
+
+    opened: list[str] = []
+
+    async def open_socket(host, *args, **kwargs):
+        opened.append(host)
+        raise ConnectionRefusedError("not here")
+
+    monkeypatch.setattr(upstream_module, "_open_socket", open_socket)
+    transport = upstream_module.UpstreamTransport(
+        max_connections=2, network_backend=GuardedBackend(["127.0.0.1"], resolver=dns)
+    )
+    async with httpx.AsyncClient(transport=transport) as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.get("https://public.test/")
+        assert opened == ["93.184.215.14", "2606:4700:4700::1111"]  # never the name again
+        answers["public.test"] = ["93.184.215.14", "10.0.0.7"]  # rebinding: one private answer
+        opened.clear()
+        with pytest.raises(httpx.ConnectError, match="outbound guard"):
+            await http.get("https://public.test/")
+        assert opened == []
+        assert transport.open == 0  # every refused connection gave its slot back
