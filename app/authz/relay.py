@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from fastapi import Request
@@ -12,7 +14,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from app.authz.compiled import CompiledEndpoint
-from app.authz.upstream import DEADLINE_EXTENSION
+from app.authz.upstream import DEADLINE_EXTENSION, UpstreamTransport
 from app.core.context import current_request
 from app.core.errors import UpstreamError, UpstreamTimeout
 from app.core.identity import Principal
@@ -59,30 +61,42 @@ def upstream_headers(
 
 @dataclass(frozen=True)
 class Relay:
-    """The process's forwarding client and the hosts it may reach although private."""
+    """The process's forwarding pool, its timeouts, and the hosts it may reach although
+    private. Requests go to the pool directly: an httpx client in front of it would add only
+    what forwarding never uses (redirects, auth, cookies, default headers) at ~200 µs a query."""
 
-    client: httpx.AsyncClient
+    transport: UpstreamTransport
+    timeout: httpx.Timeout
     allowed_hosts: Collection[str]
+    _extensions: dict[str, Any] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_extensions", {"timeout": self.timeout.as_dict()})
 
     async def send(
         self, request: Request, endpoint: CompiledEndpoint, principal: Principal
     ) -> tuple[Response, int]:
         """Forward an allowed query; returns the response to relay and the upstream status."""
-        return await relay(self.client, request, endpoint, principal, self.allowed_hosts)
+        return await relay(self, request, endpoint, principal)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(url: str) -> httpx.URL:
+    """An upstream URL parsed once (an endpoint's URL is fixed until it is edited)."""
+    return httpx.URL(url)
 
 
 async def relay(
-    client: httpx.AsyncClient,
+    via: Relay,
     request: Request,
     endpoint: CompiledEndpoint,
     principal: Principal,
-    allowed_hosts: Collection[str],
 ) -> tuple[Response, int]:
     """Stream the body to the upstream and its answer back; 502/504 on failure."""
     assert endpoint.upstream_url is not None  # noqa: S101  (callers check)
     try:
         # Re-checked at call time: DNS may have changed since the URL was stored.
-        await check_outbound_url(endpoint.upstream_url, allowed_hosts)
+        await check_outbound_url(endpoint.upstream_url, via.allowed_hosts)
     except OutboundRefused as exc:
         raise UpstreamError(f"Upstream refused by the outbound guard: {exc}.") from exc
 
@@ -93,15 +107,16 @@ async def relay(
 
     # Small bodies (the usual query) travel whole; large or unsized ones are streamed both ways.
     content = await request.body() if _small(request.headers.get("content-length")) else body()
-    upstream_request = client.build_request(
+    upstream_request = httpx.Request(
         "POST",
-        endpoint.upstream_url,
+        _parsed(endpoint.upstream_url),
         # UTF-8 on the wire: an identity with non-ASCII characters (`Zoë`) is not an error.
         headers=httpx.Headers(upstream_headers(request, endpoint, principal), encoding="utf-8"),
         content=content,
+        extensions=via._extensions,
     )
     try:
-        upstream = await client.send(upstream_request, stream=True)
+        upstream = await via.transport.handle_async_request(upstream_request)
     except httpx.TimeoutException as exc:
         raise UpstreamTimeout() from exc
     except httpx.HTTPError as exc:

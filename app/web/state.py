@@ -24,7 +24,7 @@ from app.authz.decision import Decider
 from app.authz.gateway import Gateway
 from app.authz.pipeline import DecisionPipeline
 from app.authz.relay import Relay
-from app.authz.upstream import NoCookies, UpstreamTransport
+from app.authz.upstream import UpstreamTransport
 from app.browser_sessions import service as browser_sessions
 from app.browser_sessions.oidc import OidcFlow, refresh_expiring
 from app.browser_sessions.service import BrowserSessions
@@ -66,7 +66,7 @@ class Runtime:
     limiter: AsyncLimiter
     audit: AuditWriter
     bus: InvalidationBus
-    http: httpx.AsyncClient
+    upstream: UpstreamTransport  # the forwarding pool (the relay's)
     endpoints: EndpointCache
     apikeys: ApiKeyCache
     bindings: BindingIndex
@@ -164,18 +164,12 @@ class Runtime:
             leeway=timedelta(seconds=settings.jwt_leeway_seconds),
         )
         audit = AuditWriter(sessionmaker, settings.audit_flush_interval_ms)
-        http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.upstream_timeout_seconds),
-            follow_redirects=False,
-            transport=UpstreamTransport(
-                max_connections=settings.upstream_max_connections,
-                max_connections_per_origin=settings.upstream_max_connections_per_origin,
-                deadline_seconds=settings.upstream_timeout_seconds,
-                receive_buffer=settings.upstream_receive_buffer_bytes,
-                network_backend=GuardedBackend(settings.upstream_allowed_hosts),
-            ),
-            trust_env=False,
-            cookies=NoCookies(),
+        upstream = UpstreamTransport(
+            max_connections=settings.upstream_max_connections,
+            max_connections_per_origin=settings.upstream_max_connections_per_origin,
+            deadline_seconds=settings.upstream_timeout_seconds,
+            receive_buffer=settings.upstream_receive_buffer_bytes,
+            network_backend=GuardedBackend(settings.upstream_allowed_hosts),
         )
         return cls(
             settings=settings,
@@ -188,7 +182,7 @@ class Runtime:
             limiter=limiter,
             audit=audit,
             bus=InvalidationBus(redis),
-            http=http,
+            upstream=upstream,
             endpoints=EndpointCache(sessionmaker, master_keys),
             apikeys=ApiKeyCache(sessionmaker, settings.api_key_miss_budget),
             bindings=BindingIndex(sessionmaker),
@@ -196,7 +190,11 @@ class Runtime:
             browser_store=SessionStore(sessionmaker, redis, session_holder_loader(settings)),
             tokens=LocalTokens(signing_keys, settings),
             pipeline=DecisionPipeline(Decider(), limiter, audit),
-            relay=Relay(http, settings.upstream_allowed_hosts),
+            relay=Relay(
+                upstream,
+                httpx.Timeout(settings.upstream_timeout_seconds),
+                settings.upstream_allowed_hosts,
+            ),
             issuer_rules=IssuerRules(settings.issuer, settings.upstream_allowed_hosts),
         )
 
@@ -251,7 +249,7 @@ class Runtime:
         await self.audit.stop()
         await self.limiter.aclose()
         await self.revocations.aclose()
-        await self.http.aclose()
+        await self.upstream.aclose()
         await self.satellites.aclose()
         if self.redis is not None:
             await self.redis.aclose()

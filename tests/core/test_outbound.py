@@ -248,7 +248,20 @@ class Rebinding:
         return ["93.184.215.14"] if self.calls == 1 else ["127.0.0.1"]
 
 
-def spy(monkeypatch) -> list[str]:
+def spy(backend: GuardedBackend, monkeypatch) -> list[str]:
+    """The addresses a guarded backend (the JWKS client's) connects to."""
+    seen: list[str] = []
+    real = backend.inner.connect_tcp
+
+    async def connect_tcp(host, *args, **kwargs):
+        seen.append(host)
+        return await real(host, *args, **kwargs)
+
+    monkeypatch.setattr(backend.inner, "connect_tcp", connect_tcp)
+    return seen
+
+
+def spy_pool(monkeypatch) -> list[str]:
     """The addresses the forwarding pool opens sockets to."""
     seen: list[str] = []
     real = upstream_module._open_socket
@@ -270,7 +283,7 @@ async def test_forwarding_checks_the_address_it_connects_to(
     outbound._resolved.pop(host, None)
     port = httpx.URL(upstream).port
     ep = await make_endpoint(tenant, upstream_url=f"https://{host}:{port}/echo")  # public today
-    seen = spy(monkeypatch)
+    seen = spy_pool(monkeypatch)
     r = await client.post(f"/api/v1/endpoints/{ep['slug']}/query", headers=tenant.owner.headers)
     assert r.status_code == 502, r.text
     assert dns.calls >= 2  # resolved again at connect time
