@@ -2,15 +2,17 @@
 Warden's hot routes next to a bare FastAPI hello-world, a raw ASGI hello-world and a bare
 FastAPI + httpx proxy, served the same way, at the same connection counts, on this machine.
 
-    scripts/bench [--connections 16,32,64] [--duration 6] [--json out.json]
+    scripts/bench [--connections 16,32,64] [--duration 6] [--rounds 1] [--json out.json]
                   [--database-url URL] [--redis-url URL] [--loadgen auto|wrk|python]
                   [--threads N] [--targets hello,authz_check,...]
 
 Starts Warden, an echo upstream and the reference apps as separate uvicorn processes on
 127.0.0.1, seeds a tenant through the public API, then, for every connection count, loads every
 target of `TARGETS` one after the other with wrk (or, without wrk, a Python asyncio load
-generator in its own process). With `--database-url` a fresh database is created next to the
-one named (and dropped afterwards); with `--redis-url` that Redis database is flushed first.
+generator in its own process); `--rounds N` repeats that whole sweep N times and reports
+medians (on a shared 2-CPU machine one 6 s run moves by 10 to 25%). With `--database-url` a
+fresh database is created next to the one named (and dropped afterwards); with `--redis-url`
+that Redis database is flushed first.
 
 CPU per request is the user + system time of the serving process (from `/proc/<pid>/stat`)
 spent while the target ran, divided by the requests completed. A request slower than 1 s is a
@@ -28,13 +30,14 @@ import re
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -133,6 +136,7 @@ class Result:
     ratio_to_hello: float | None = None
     p99_ratio_to_hello: float | None = None
     server_log: list[str] = field(default_factory=list)  # Warden warning+ lines, summarised
+    round: int = 1
 
     @property
     def cpu_us_per_request(self) -> float:
@@ -797,6 +801,46 @@ def ratio_text(value: float | None) -> str:
     return f"{value:.{2 if value >= 0.1 else 3}f}x"
 
 
+def medians(results: list[Result]) -> list[Result]:
+    """One result per (connections, target), in first-seen order: the median of each figure over
+    the rounds (ratios: of each round's own ratio), failures summed, CPU over all requests."""
+    groups: dict[tuple[int, str], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.connections, r.target), []).append(r)
+    merged = []
+    for group in groups.values():
+        first = group[0]
+
+        def median_of(values: list[float | None]) -> float | None:
+            known = [v for v in values if v is not None]
+            return statistics.median(known) if known else None
+
+        merged.append(
+            replace(
+                first,
+                requests=sum(r.requests for r in group),
+                seconds=sum(r.seconds for r in group),
+                requests_per_s=statistics.median(r.requests_per_s for r in group),
+                p50_ms=statistics.median(r.p50_ms for r in group),
+                p99_ms=statistics.median(r.p99_ms for r in group),
+                non_2xx=sum(r.non_2xx for r in group),
+                socket_errors=sum(r.socket_errors for r in group),
+                error_samples=[s for r in group for s in r.error_samples][:5],
+                cpu_seconds=sum(r.cpu_seconds for r in group),
+                ratio_to_hello=median_of([r.ratio_to_hello for r in group]),
+                p99_ratio_to_hello=median_of([r.p99_ratio_to_hello for r in group]),
+                server_log=[line for r in group for line in r.server_log],
+                round=0,
+            )
+        )
+    return merged
+
+
+def as_json(r: Result) -> dict[str, Any]:
+    """One result as the JSON output holds it."""
+    return {**asdict(r), "errors": r.errors, "cpu_us_per_request": r.cpu_us_per_request}
+
+
 def print_report(results: list[Result], context: dict[str, Any], out: IO[str]) -> None:
     """The setup it was measured on, the failures and Warden's log notes, then the table."""
     print(file=out)
@@ -809,6 +853,12 @@ def print_report(results: list[Result], context: dict[str, Any], out: IO[str]) -
         "is a failure",
         file=out,
     )
+    if context.get("rounds", 1) > 1:
+        print(
+            f"rounds:      {context['rounds']}; each figure is the median over the rounds, "
+            "failures their sum, CPU µs/req over all of them",
+            file=out,
+        )
     for r in results:
         if r.errors:
             print(
@@ -873,6 +923,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--concurrency", type=int, help="one connection count (same as --connections N)"
     )
     parser.add_argument("--duration", type=int, default=6, help="seconds per target (default 6)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="sweeps of every count and target; the table shows each figure's median over them\n"
+        "(ratios: the median of each round's ratio to that round's hello)",
+    )
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this path")
@@ -896,6 +953,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.connections = [args.concurrency]
     if args.duration < 1:
         parser.error("--duration must be at least 1")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     return args
 
 
@@ -1014,7 +1073,12 @@ def main(argv: list[str]) -> int:
                 with httpx.Client(base_url=warden.base_url, timeout=30) as client:
                     seed = seed_warden(client, started["upstream"].base_url)
                     print(f"bench: seeded tenant {seed.tenant} ({seed.email})", flush=True)
-                    for connections in args.connections:
+                    sweeps = [
+                        (round_, connections)
+                        for round_ in range(1, args.rounds + 1)
+                        for connections in args.connections
+                    ]
+                    for round_, connections in sweeps:
                         for target in targets:
                             # A fresh token per target: long runs outlive a 900 s token.
                             token = login(client, seed) if target.bearer else ""
@@ -1027,8 +1091,9 @@ def main(argv: list[str]) -> int:
                             warm(client, target, request)
                             time.sleep(SETTLE_SECONDS)
                             print(
-                                f"bench: {target.name} at {connections}: "
-                                f"{request.method} {request.path} ...",
+                                f"bench: {target.name} at {connections}"
+                                + (f" (round {round_})" if args.rounds > 1 else "")
+                                + f": {request.method} {request.path} ...",
                                 flush=True,
                             )
                             log_offset = warden.log_size()
@@ -1037,19 +1102,26 @@ def main(argv: list[str]) -> int:
                                 target, request, server, args, connections, wrk, workdir
                             )
                             result.server_log = summarise_log(warden.log_since(log_offset))
+                            result.round = round_
                             results.append(result)
                             check_alive(servers)
         finally:
             stop_servers(servers)
 
-    for connections in args.connections:
+    for r in results:
         hello = next(
-            (r for r in results if r.target == "hello" and r.connections == connections), None
+            (
+                h
+                for h in results
+                if h.target == "hello" and (h.connections, h.round) == (r.connections, r.round)
+            ),
+            None,
         )
-        for r in results:
-            if hello is not None and r.connections == connections:
-                r.ratio_to_hello = r.requests_per_s / hello.requests_per_s
-                r.p99_ratio_to_hello = r.p99_ms / hello.p99_ms if hello.p99_ms else None
+        if hello is not None:
+            r.ratio_to_hello = r.requests_per_s / hello.requests_per_s
+            r.p99_ratio_to_hello = r.p99_ms / hello.p99_ms if hello.p99_ms else None
+    rounds = results
+    results = medians(results) if args.rounds > 1 else results
     context = {
         "nproc": cpu_count(),
         "platform": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
@@ -1064,16 +1136,16 @@ def main(argv: list[str]) -> int:
         "loadgen": loadgen,
         "connections": ",".join(str(c) for c in args.connections),
         "duration": args.duration,
+        "rounds": args.rounds,
     }
     print_report(results, context, sys.stdout)
     if args.json:
         payload = {
             **context,
-            "results": [
-                {**asdict(r), "errors": r.errors, "cpu_us_per_request": r.cpu_us_per_request}
-                for r in results
-            ],
+            "results": [as_json(r) for r in results],
         }
+        if args.rounds > 1:
+            payload["rounds_results"] = [as_json(r) for r in rounds]
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"\nbench: figures written to {args.json}")
     shutil.rmtree(workdir, ignore_errors=True)

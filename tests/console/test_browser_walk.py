@@ -401,9 +401,15 @@ async def _walk_member(context: Any, warden: str, tenant: dict[str, Any]) -> Non
 
 async def _fits_a_phone(page: Any) -> None:
     """At phone width the page scrolls only vertically (wide tables and code scroll inside
-    their own boxes)."""
+    their own boxes). The layout is given a moment to settle after the resize (a loaded CI
+    machine measured once mid-reflow); a page that still scrolls sideways fails."""
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
+
     size = page.viewport_size
     await page.set_viewport_size({"width": 390, "height": 844})
+    fits = "() => document.documentElement.scrollWidth <= window.innerWidth"
+    with contextlib.suppress(PlaywrightTimeout):
+        await page.wait_for_function(fits, timeout=2000)
     overflow = await page.evaluate(
         "() => [...document.querySelectorAll('body *')]"
         ".filter(e => e.getBoundingClientRect().right > window.innerWidth + 1"
@@ -411,7 +417,9 @@ async def _fits_a_phone(page: Any) -> None:
         ".map(e => e.tagName + '.' + e.className).slice(0, 10)"
     )
     width = await page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
-    assert width[0] <= width[1], f"{page.url} scrolls sideways at phone width: {overflow}"
+    assert width[0] <= width[1], (
+        f"{page.url} scrolls sideways at phone width ({width[0]} > {width[1]} px): {overflow}"
+    )
     await page.set_viewport_size(size)
 
 
