@@ -325,13 +325,10 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def _wait(self, timeout: float | None) -> None:  # noqa: ASYNC109
+        """Until the parser has news (head, body, end or error)."""
         self._waiter = self._loop.create_future()
         try:
-            async with asyncio.timeout(timeout):
-                await self._waiter
-        except TimeoutError:
-            self._close()
-            raise httpx.ReadTimeout("the upstream did not answer in time") from None
+            await self._until(self._waiter, timeout, httpx.ReadTimeout, "answer")
         finally:
             self._waiter = None
 
@@ -339,16 +336,27 @@ class _Connection(asyncio.Protocol):
         if self._closed or self._transport is None:
             raise httpx.WriteError("the upstream closed the connection")
         self._transport.write(data)
-        if self._write_paused:
+        if self._write_paused:  # until the upstream has taken enough of it
             self._drain = self._loop.create_future()
             try:
-                async with asyncio.timeout(timeout):
-                    await self._drain
-            except TimeoutError:
-                self._close()
-                raise httpx.WriteTimeout("the upstream did not take the request in time") from None
+                await self._until(self._drain, timeout, httpx.WriteTimeout, "take the request")
             finally:
                 self._drain = None
+
+    async def _until(
+        self,
+        signal: asyncio.Future[None],
+        timeout: float | None,  # noqa: ASYNC109
+        error: type[httpx.TimeoutException],
+        what: str,
+    ) -> None:
+        """`signal`, or the connection closed and `error` once `timeout` has passed."""
+        try:
+            async with asyncio.timeout(timeout):
+                await signal
+        except TimeoutError:
+            self._close()
+            raise error(f"the upstream did not {what} in time") from None
 
     async def exchange(
         self, request: httpx.Request

@@ -16,7 +16,7 @@ import pytest
 
 from app.authz.relay import UpstreamStream
 from app.authz.upstream import NoCookies, UpstreamTransport
-from tests.support.servers import serve_in_thread
+from tests.support.servers import serve_in_thread, serve_raw
 
 
 async def slow_app(scope, receive, send):
@@ -103,27 +103,17 @@ async def trickling_upstream(chunked: bool) -> AsyncIterator[tuple[str, list[soc
         await reader.readuntil(b"\r\n\r\n")
         length = b"transfer-encoding: chunked" if chunked else b"content-length: 60"
         writer.write(b"HTTP/1.1 200 OK\r\n" + length + b"\r\n\r\n")
-        try:
-            for byte in body:
-                piece = bytes([byte])
-                writer.write(b"1\r\n" + piece + b"\r\n" if chunked else piece)
-                await writer.drain()
-                await asyncio.sleep(0.2)
-            if chunked:
-                writer.write(b"0\r\n\r\n")
+        for byte in body:
+            piece = bytes([byte])
+            writer.write(b"1\r\n" + piece + b"\r\n" if chunked else piece)
             await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
+            await asyncio.sleep(0.2)
+        if chunked:
+            writer.write(b"0\r\n\r\n")
+        await writer.drain()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}", conns
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with serve_raw(handle) as url:
+        yield url, conns
 
 
 async def test_a_trickled_body_is_cut_at_the_deadline():

@@ -7,41 +7,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from app.authz.upstream import NoCookies, UpstreamTransport
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+from tests.support.servers import RawHandler, serve_raw
 
 
 @contextlib.asynccontextmanager
-async def raw_upstream(handler: Handler) -> AsyncIterator[tuple[str, list[bytes]]]:
-    """A TCP server on 127.0.0.1 running `handler` per connection; yields its URL and the
-    request heads it read (each connection's handler appends what it saw)."""
+async def raw_upstream(handler: RawHandler) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """`serve_raw` whose handler reads request heads through `reader.head()`; yields the URL
+    and every head read so far."""
     heads: list[bytes] = []
 
-    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.transport.set_write_buffer_limits(0)
-        try:
-            await handler(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
     async def recording(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await run(_Recorder(reader, heads), writer)  # type: ignore[arg-type]
+        await handler(_Recorder(reader, heads), writer)  # type: ignore[arg-type]
 
-    server = await asyncio.start_server(recording, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}", heads
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with serve_raw(recording) as url:
+        yield url, heads
 
 
 class _Recorder:
