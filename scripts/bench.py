@@ -14,9 +14,11 @@ medians (on a shared 2-CPU machine one 6 s run moves by 10 to 25%). With `--data
 fresh database is created next to the one named (and dropped afterwards); with `--redis-url`
 that Redis database is flushed first.
 
-CPU per request is the user + system time of the serving process (from `/proc/<pid>/stat`)
-spent while the target ran, divided by the requests completed. A request slower than 1 s is a
-failure (wrk `--timeout 1s`). Exits 1 when any measured request failed.
+Before each target, every server must be idle (a reference still draining a backlog would
+share the CPUs with the next run). CPU per request is the user + system time of the serving
+process (from `/proc/<pid>/stat`) spent while the target ran, divided by the requests
+completed. A request slower than 1 s is a failure (wrk `--timeout 1s`). Exits 1 when any
+measured request failed.
 """
 
 from __future__ import annotations
@@ -51,6 +53,12 @@ HOST = "127.0.0.1"
 PASSWORD = "bench-password-123456"  # noqa: S105  (a throwaway bench tenant)
 WARM_REQUESTS = 5
 SETTLE_SECONDS = 1.0
+# Before a target is loaded every server must be idle: a reference that fell behind (the httpx
+# proxy, with thousands of requests still queued when wrk stops) would otherwise keep a CPU
+# busy through the next target's run. Idle: under 2% of a CPU over a 0.5 s window.
+QUIET_WINDOW_SECONDS = 0.5
+QUIET_CPU_SHARE = 0.02
+QUIET_MAX_SECONDS = 30.0
 READY_TIMEOUT_SECONDS = 30.0
 REQUEST_TIMEOUT_SECONDS = 1.0  # a slower answer is a failure (issue: no request over 1 s)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -229,6 +237,19 @@ def process_cpu_seconds(pid: int) -> float:
         stat = handle.read()
     fields = stat[stat.rindex(b")") + 2 :].split()  # the command name may hold spaces
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def wait_quiet(servers: list[Server]) -> float:
+    """Wait until none of `servers` uses CPU (see `QUIET_CPU_SHARE`), at most
+    `QUIET_MAX_SECONDS`; returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < QUIET_MAX_SECONDS:
+        before = sum(process_cpu_seconds(s.proc.pid) for s in servers)
+        time.sleep(QUIET_WINDOW_SECONDS)
+        used = sum(process_cpu_seconds(s.proc.pid) for s in servers) - before
+        if used <= QUIET_CPU_SHARE * QUIET_WINDOW_SECONDS:
+            break
+    return time.monotonic() - started
 
 
 @contextmanager
@@ -1090,6 +1111,9 @@ def main(argv: list[str]) -> int:
                             request = build_request(target, values, ports)
                             warm(client, target, request)
                             time.sleep(SETTLE_SECONDS)
+                            waited = wait_quiet(servers)
+                            if waited > 2 * QUIET_WINDOW_SECONDS:
+                                print(f"bench: {waited:.1f} s until every server idled", flush=True)
                             print(
                                 f"bench: {target.name} at {connections}"
                                 + (f" (round {round_})" if args.rounds > 1 else "")

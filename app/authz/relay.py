@@ -21,6 +21,7 @@ from app.core.identity import Principal
 from app.core.outbound import OutboundRefused, check_outbound_url
 
 # Only these request headers travel upstream; credentials of the caller never do.
+USER_AGENT = "warden"
 FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "accept-encoding", "content-encoding")
 HOP_BY_HOP = frozenset(
     {
@@ -47,6 +48,7 @@ def upstream_headers(
         for name in FORWARDED_REQUEST_HEADERS
         if (value := request.headers.get(name)) is not None
     }
+    headers["User-Agent"] = USER_AGENT  # the caller's own never travels
     headers["X-User-ID"] = principal.id
     headers["X-User-Email"] = principal.email or ""
     headers["X-Tenant"] = principal.tenant_slug

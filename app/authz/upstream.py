@@ -1,4 +1,4 @@
-"""The connection pool behind the one forwarding `httpx.AsyncClient` (`Runtime.http`).
+"""The forwarding pool (`Runtime.upstream`): an httpx transport the relay calls directly.
 
 Two layers, both made for the one job of relaying a query:
 
@@ -99,7 +99,7 @@ def _request_head(request: httpx.Request) -> bytes:
     return b"".join(lines)
 
 
-_REUSABLE_AFTER_STATUS = frozenset({204, 304})
+_NO_BODY_STATUS = frozenset({204, 304})
 
 
 class _Connection(asyncio.Protocol):
@@ -187,12 +187,16 @@ class _Connection(asyncio.Protocol):
                         error = exc
                         continue
                     tls = scheme == b"https"
-                    await self._loop.create_connection(
-                        lambda: self,
-                        sock=sock,
-                        ssl=self._ssl if tls else None,
-                        server_hostname=host if tls else None,
-                    )
+                    try:
+                        await self._loop.create_connection(
+                            lambda: self,
+                            sock=sock,
+                            ssl=self._ssl if tls else None,
+                            server_hostname=host if tls else None,
+                        )
+                    except BaseException:
+                        sock.close()  # (a failed TLS handshake leaves it to its owner)
+                        raise
                     return
                 assert error is not None  # noqa: S101  (targets is never empty)
                 raise error
@@ -277,7 +281,7 @@ class _Connection(asyncio.Protocol):
             return
         self._status = status
         self._reusable = self._reusable and self._parser.should_keep_alive()
-        if self._head_only or status in _REUSABLE_AFTER_STATUS:
+        if self._head_only or status in _NO_BODY_STATUS:
             framed = True
         else:
             framed = any(
@@ -503,7 +507,8 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
 
     `deadline_seconds` bounds a whole exchange, from the wait for a connection to the last byte
     of the body (httpx's own timeouts bound each operation only). `receive_buffer` is each
-    upstream socket's receive buffer (see `DEFAULT_RECEIVE_BUFFER`)."""
+    upstream socket's receive buffer (see `DEFAULT_RECEIVE_BUFFER`); `ssl_context` verifies
+    https upstreams (default: httpx's, certifi's roots)."""
 
     def __init__(
         self,
@@ -514,10 +519,12 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         keepalive_expiry: float = 5.0,
         network_backend: GuardedBackend | None = None,
         receive_buffer: int = DEFAULT_RECEIVE_BUFFER,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.max_connections = max_connections
         self.receive_buffer = receive_buffer
-        self._ssl = httpx.create_ssl_context()  # httpx's defaults (certifi), ALPN http/1.1 only
+        # https upstreams: httpx's defaults (certifi's roots, the host name checked).
+        self._ssl = ssl_context or httpx.create_ssl_context()
         self.max_per_origin = min(max_connections_per_origin or max_connections, max_connections)
         self.deadline_seconds = deadline_seconds
         # The outbound guard's backend judges the address each connection is opened to.

@@ -142,16 +142,6 @@ Admin = Annotated[Principal, Depends(console_role(Role.ADMIN))]
 Owner = Annotated[Principal, Depends(console_role(Role.OWNER))]
 
 
-async def end_refused(session: AsyncSession, exc: AppError) -> None:
-    """End a refused form's transaction as the request's session dependency would: roll it
-    back, or keep a refusal's side effects when it asks to (`AppError.commit_changes`); the page
-    that shows the refusal then reads in a fresh transaction."""
-    if exc.commit_changes:
-        await session.commit()
-    else:
-        await session.rollback()
-
-
 def error_page(request: Request, exc: AppError) -> Response:
     """A refusal as a page (status and message of the API's error)."""
     return page(

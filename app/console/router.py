@@ -22,3 +22,6 @@ def install_console(app: FastAPI) -> None:
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC_DIR), name="console-static")
     for router in ROUTERS:
         app.include_router(router)
+    # A browser refused mid-way through an identity provider's sign-in lands here (see
+    # `app.web.routes.oidc`): the sign-in page, which names the refusal.
+    app.state.sign_in_page = f"{PREFIX}/sign-in"

@@ -35,14 +35,21 @@ async def db_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
             await session.commit()
             await run_post_commit(session)
         except AppError as exc:
-            if exc.commit_changes:
-                await session.commit()
-            else:
-                await session.rollback()
+            await end_refused(session, exc)
             raise
         except BaseException:
             await session.rollback()
             raise
+
+
+async def end_refused(session: AsyncSession, exc: AppError) -> None:
+    """End a refused request's transaction: roll it back, or keep the refusal's side effects
+    when it asks to (`AppError.commit_changes`: a spent sign-in state, a counted failure). A
+    route that answers a refusal itself (a page, a redirect) ends its transaction with this."""
+    if exc.commit_changes:
+        await session.commit()
+    else:
+        await session.rollback()
 
 
 DbSession = Annotated[AsyncSession, Depends(db_session, scope="function")]

@@ -191,6 +191,9 @@ class TestForwarding:
                 "X-User-Email": "forged@evil.example",
                 "X-Tenant": "other",
                 "Cookie": "session=abc",
+                "User-Agent": "scanner/1.0",
+                "X-Forwarded-For": "6.6.6.6",
+                "X-Debug": "1",
             },
             json={"question": "hello"},
         )
@@ -204,6 +207,21 @@ class TestForwarding:
         assert headers["x-upstream-key"] == "sk-live-0123456789abcd"
         assert "authorization" not in headers
         assert "cookie" not in headers
+        assert headers["user-agent"] == "warden"
+        # Exactly these reach the upstream: nothing else of the caller's travels.
+        assert set(headers) == {
+            "host",
+            "content-length",
+            "content-type",
+            "accept",
+            "accept-encoding",
+            "user-agent",
+            "x-user-id",
+            "x-user-email",
+            "x-tenant",
+            "x-request-id",
+            "x-upstream-key",
+        }
         assert r.headers["x-upstream"] == "yes"
         assert "set-cookie" not in r.headers
 

@@ -1,7 +1,8 @@
 """Signing in to the console through the tenant's identity provider in a real browser (Debian's
 headless Chromium through Playwright, the real OpenID provider): the sign-in page's button, the
 provider's login form, back on the console; signing out ends the provider's session too and
-comes back to the console's sign-in page (the console's CSP stays intact on the way)."""
+comes back to the console's sign-in page; a refused sign-in lands there too, saying why (the
+console's CSP stays intact on the way)."""
 
 from __future__ import annotations
 
@@ -112,4 +113,14 @@ async def test_console_sign_in_and_out_through_the_provider_in_chromium(provider
         async with page.expect_navigation():
             await page.click("a:text('Sign in with corp')")
         assert page.url.startswith(f"{provider.issuer}/interaction/")
+        # A refused sign-in (an identity outside the provider's allowed domains) comes back to
+        # the sign-in page, which says why (not a JSON error), with the providers offered again.
+        await page.fill('input[name="login"]', "eve@elsewhere.example")
+        await page.fill('input[name="password"]', "whatever")
+        async with page.expect_navigation(url=lambda url: "/console/sign-in?" in url):
+            await page.click('button[type="submit"]')
+        assert "not provisioned in this tenant" in await page.inner_text("main")
+        assert await page.is_visible("a:text('Sign in with corp')")
+        await page.goto(f"{warden}/console/me")
+        assert urlsplit(page.url).path == "/console/sign-in"  # and no session came of it
         assert not problems, problems

@@ -103,6 +103,44 @@ class TestStateAndCode:
         events = await wait_for_events(runtime, setup.tenant.id, "oidc.sign_in_failed")
         assert "browser_mismatch" in {e.details["reason"] for e in events}
 
+    async def test_a_browser_refused_mid_sign_in_lands_on_the_sign_in_page(self, warden, setup):
+        """A browser (`Accept: text/html`) is not shown a JSON error: it goes on to the console's
+        sign-in page, which names the refusal with a fixed text (never the query's own words).
+        The refusal is the same as for an API client: no cookie, and the login-CSRF victim's
+        attempt does not spend the real sign-in."""
+        html = {"Accept": "text/html,application/xhtml+xml"}
+        async with httpx.AsyncClient(timeout=10) as browser:
+            callback = await provider_login(
+                browser, setup.start_url, f"h@{setup.tenant.domain}", warden=warden.url
+            )
+            async with httpx.AsyncClient(timeout=10, headers=html) as victim:
+                r = await victim.get(callback)
+                assert r.status_code == 303
+                assert "set-cookie" not in r.headers
+                where = urlsplit(r.headers["location"])
+                assert where.path == "/console/sign-in"
+                assert parse_qs(where.query) == {
+                    "tenant": [setup.tenant.slug],
+                    "problem": ["oidc_state_invalid"],
+                }
+                page = await victim.get(f"{warden.url}{r.headers['location']}")
+                assert page.status_code == 200
+                assert "started in another browser" in page.text
+                assert "Sign in with" in page.text  # the tenant's providers, offered again
+                # A refused start too (a provider the tenant does not have).
+                r = await victim.get(setup.start_url.replace(f"/{setup.name}/", "/nope/"))
+                assert r.status_code == 303
+                assert "problem=identity_provider_not_found" in r.headers["location"]
+                # The page never shows what the query says.
+                forged = "<script>alert(1)</script> Your account is locked, call +1 555"
+                page = await victim.get(f"{warden.url}/console/sign-in", params={"problem": forged})
+                assert "alert(1)" not in page.text
+                assert "call +1 555" not in page.text
+                assert "failed; try again" in page.text
+            r = await browser.get(callback)  # the real browser's sign-in is intact
+            assert r.status_code == 303, r.text
+            assert "session_id" in set_cookies(r)
+
     async def test_replayed_state_and_code_are_refused(self, warden, setup):
         async with httpx.AsyncClient(timeout=10) as browser:
             callback = await provider_login(

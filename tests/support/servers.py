@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -83,10 +84,13 @@ RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[No
 
 
 @contextlib.asynccontextmanager
-async def serve_raw(handler: RawHandler) -> AsyncIterator[str]:
+async def serve_raw(
+    handler: RawHandler, *, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"
+) -> AsyncIterator[str]:
     """A TCP server on 127.0.0.1 in this event loop running `handler` per connection (an
-    upstream that speaks HTTP by hand, to misbehave exactly); yields its base URL. A peer that
-    hangs up ends its handler quietly; the connection is closed when the handler returns."""
+    upstream that speaks HTTP by hand, to misbehave exactly); yields its base URL (https with
+    `tls`, named `host`). A peer that hangs up ends its handler quietly; the connection is
+    closed when the handler returns."""
 
     async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -96,10 +100,10 @@ async def serve_raw(handler: RawHandler) -> AsyncIterator[str]:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(run, "127.0.0.1", 0)
+    server = await asyncio.start_server(run, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://{host}:{port}"
     finally:
         server.close()
         await server.wait_closed()

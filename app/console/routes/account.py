@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from app.browser_sessions import oidc_logout
 from app.browser_sessions import service as browser
 from app.browser_sessions.schemas import SessionCreate
-from app.console.deps import ConsoleRoute, ConsoleSession, FormDep, Viewer, end_refused
+from app.console.deps import ConsoleRoute, ConsoleSession, FormDep, Viewer
 from app.console.identity import identity_provider_links
 from app.console.problems import from_app_error, parse
 from app.console.render import PREFIX, home_for, page, redirect
@@ -17,13 +17,32 @@ from app.core.errors import AppError, Forbidden
 from app.core.pagination import PageParams
 from app.privacy import service as privacy
 from app.tenants import service as tenants
-from app.web.deps import DbSession, LoginAttempt, RuntimeDep
+from app.web.deps import DbSession, LoginAttempt, RuntimeDep, end_refused
 from app.web.routes.sessions import clear_session_cookies, set_session_cookies
 
 router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
 SESSION_PAGE = PageParams(limit=100, cursor=None)
 # Where a provider sends the browser after its logout (registered at the provider as is).
 POST_LOGOUT_PATH = f"{PREFIX}/sign-in"
+
+
+# A sign-in through an identity provider that was refused comes back with `?problem=<code>`
+# (`app.web.routes.oidc`): a fixed text per code, never the query's own words.
+SIGN_IN_PROBLEMS = {
+    "not_provisioned": "This identity is not provisioned in this tenant; ask an administrator.",
+    "account_disabled": "This account is deactivated.",
+    "oidc_access_denied": "The identity provider did not allow this sign-in.",
+    "oidc_provider_error": "The identity provider refused the sign-in; try again.",
+    "oidc_state_invalid": "This sign-in expired or was started in another browser; start again.",
+    "oidc_issuer_mismatch": "The answer came from another identity provider; start again.",
+    "oidc_code_missing": "The identity provider sent no code; start again.",
+    "oidc_code_rejected": "The identity provider refused the code; start again.",
+    "oidc_id_token_invalid": "The identity provider's answer could not be verified.",
+    "identity_provider_unavailable": "The identity provider cannot be reached; try again later.",
+    "identity_provider_not_found": "This identity provider is not offered here.",
+    "return_to_refused": "The page to return to is not allowed.",
+}
+SIGN_IN_PROBLEM = "The sign-in through the identity provider failed; try again."
 
 
 def _safe_next(value: str | None) -> str | None:
@@ -41,8 +60,10 @@ async def console_home(principal: Viewer) -> Response:
 
 @router.get("/sign-in")
 async def sign_in_page(request: Request, session: DbSession, runtime: RuntimeDep) -> Response:
-    """The password form and the tenant's identity providers."""
+    """The password form and the tenant's identity providers (and why a sign-in through one
+    was refused, `?problem=<code>`)."""
     tenant = request.query_params.get("tenant") or None
+    problem = request.query_params.get("problem")
     return page(
         request,
         "sign_in.html",
@@ -52,7 +73,9 @@ async def sign_in_page(request: Request, session: DbSession, runtime: RuntimeDep
             "providers": await identity_provider_links(
                 session, runtime.settings.public_url, tenant
             ),
-            "problems": {},
+            "problems": (
+                {"_form": SIGN_IN_PROBLEMS.get(problem, SIGN_IN_PROBLEM)} if problem else {}
+            ),
         },
     )
 

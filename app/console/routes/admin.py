@@ -17,7 +17,6 @@ from app.console.deps import (
     FormDep,
     Owner,
     Reader,
-    end_refused,
 )
 from app.console.problems import GENERAL, from_app_error, parse
 from app.console.render import PREFIX, page, redirect
@@ -30,7 +29,7 @@ from app.tenants import service as tenants
 from app.tenants.schemas import TenantUpdate
 from app.users import service as users
 from app.users.schemas import UserCreate, UserUpdate
-from app.web.deps import RuntimeDep
+from app.web.deps import RuntimeDep, end_refused
 from app.web.routes.sessions import clear_session_cookies
 
 router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)

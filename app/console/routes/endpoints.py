@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.authz import istio
-from app.console.deps import Admin, ConsoleRoute, ConsoleSession, Form, FormDep, Reader, end_refused
+from app.console.deps import Admin, ConsoleRoute, ConsoleSession, Form, FormDep, Reader
 from app.console.problems import GENERAL, from_app_error, parse
 from app.console.render import PAGE_HEADERS, PREFIX, page, redirect
 from app.console.snippets import gateway_snippets
@@ -25,7 +25,7 @@ from app.policies import service as policies
 from app.policies.schemas import PolicyCreate, PolicyUpdate
 from app.upstream_secrets import service as secrets
 from app.upstream_secrets.service import CredentialPut
-from app.web.deps import RuntimeDep
+from app.web.deps import RuntimeDep, end_refused
 
 router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
 PAGE_SIZE = 20

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from app.browser_sessions import oidc_logout
-from app.console.deps import Admin, ConsoleRoute, ConsoleSession, Form, FormDep, Reader, end_refused
+from app.console.deps import Admin, ConsoleRoute, ConsoleSession, Form, FormDep, Reader
 from app.console.problems import from_app_error, parse
 from app.console.render import PREFIX, page, redirect
 from app.console.routes.account import POST_LOGOUT_PATH
@@ -22,7 +22,7 @@ from app.identity_providers.schemas import (
     IdentityProviderPublic,
     IdentityProviderUpdate,
 )
-from app.web.deps import RuntimeDep
+from app.web.deps import RuntimeDep, end_refused
 
 router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
 PAGE_SIZE = 50

@@ -4,14 +4,14 @@ provider's back-channel logout."""
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.responses import RedirectResponse
 
 from app.browser_sessions import oidc, oidc_logout
 from app.core.errors import AppError
-from app.web.deps import DbSession, LoginAttempt, RuntimeDep
+from app.web.deps import DbSession, LoginAttempt, RuntimeDep, end_refused
 from app.web.routes.sessions import set_session_cookies
 
 router = APIRouter(prefix="/sessions/oidc", tags=["browser sessions"])
@@ -44,6 +44,20 @@ async def backchannel_logout(
     return Response(status_code=status.HTTP_200_OK, headers={"Cache-Control": "no-store"})
 
 
+async def _refused_in_browser(
+    request: Request, session: DbSession, tenant: str, exc: AppError
+) -> RedirectResponse | None:
+    """A browser refused during the sign-in (it asks for HTML) goes on to the sign-in page,
+    which names the refusal by its code (a fixed text per code, never reflected input); an API
+    client keeps the JSON error. The refusal was audited where it was raised."""
+    page = getattr(request.app.state, "sign_in_page", None)
+    if page is None or "text/html" not in request.headers.get("accept", ""):
+        return None
+    await end_refused(session, exc)
+    query = urlencode({"tenant": tenant, "problem": exc.code})
+    return RedirectResponse(f"{page}?{query}", status_code=status.HTTP_303_SEE_OTHER)
+
+
 def _callback_path(request: Request) -> str:
     """The callback's path beside this start path (the binding cookie is sent only there)."""
     return request.url.path.rsplit("/", 1)[0] + "/callback"
@@ -64,8 +78,15 @@ async def start(
     return_to: str | None = None,
 ) -> RedirectResponse:
     """Redirect the browser to the provider (code flow, PKCE S256, state and nonce); a
-    short-lived HttpOnly cookie binds the sign-in to this browser."""
-    started = await oidc.start(session, runtime.oidc, tenant, provider, return_to)
+    short-lived HttpOnly cookie binds the sign-in to this browser. A refusal is a JSON error,
+    or, for a browser (`Accept: text/html`), a redirect to the console's sign-in page with
+    `?problem=<code>`."""
+    try:
+        started = await oidc.start(session, runtime.oidc, tenant, provider, return_to)
+    except AppError as exc:
+        if (page := await _refused_in_browser(request, session, tenant, exc)) is not None:
+            return page
+        raise
     response = RedirectResponse(started.url, status_code=status.HTTP_303_SEE_OTHER)
     response.set_cookie(
         started.cookie_name,
@@ -89,11 +110,18 @@ async def start(
 async def callback(
     tenant: str, provider: str, request: Request, session: DbSession, runtime: RuntimeDep
 ) -> RedirectResponse:
-    """The provider's redirect back: a browser session (cookie + CSRF token), then `return_to`."""
+    """The provider's redirect back: a browser session (cookie + CSRF token), then `return_to`.
+    A refusal is a JSON error, or, for a browser (`Accept: text/html`), a redirect to the
+    console's sign-in page with `?problem=<code>`."""
     params = {key: value for key, value in request.query_params.items()}
-    new, return_to = await oidc.callback(
-        session, runtime.oidc, tenant, provider, params, request.cookies
-    )
+    try:
+        new, return_to = await oidc.callback(
+            session, runtime.oidc, tenant, provider, params, request.cookies
+        )
+    except AppError as exc:
+        if (page := await _refused_in_browser(request, session, tenant, exc)) is not None:
+            return page
+        raise
     response = RedirectResponse(return_to, status_code=status.HTTP_303_SEE_OTHER)
     set_session_cookies(response, runtime.settings, new)
     response.delete_cookie(
