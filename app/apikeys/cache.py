@@ -73,12 +73,14 @@ class ApiKeyCache:
         address = ip or "unknown"
         if self.misses.exhausted(address):
             return None
-        generation = self.cache.generation
-        async with self.sessionmaker() as session:
-            value = await resolve_key(session, presented)
+
+        async def load() -> ResolvedKey | None:
+            async with self.sessionmaker() as session:
+                return await resolve_key(session, presented)
+
+        value = await self.cache.get_or_load(key_hash, load)
         if value is None:
             self.misses.spend(address)
-        self.cache.put(key_hash, value, generation)
         return value
 
     def touch(self, key_id: uuid.UUID) -> None:

@@ -66,13 +66,7 @@ class BindingIndex:
 
     async def _bindings(self, name: str, port: str | None) -> tuple[Binding, ...]:
         key = f"{name}:{port}" if port else name
-        hit, value = self.cache.get(key)
-        if hit and value is not None:
-            return value
-        generation = self.cache.generation
-        value = await self._load(name, port)
-        self.cache.put(key, value, generation)
-        return value
+        return await self.cache.get_or_load(key, lambda: self._load(name, port))
 
     async def _load(self, name: str, port: str | None) -> tuple[Binding, ...]:
         hosts = [name, f"{name}:{port}"] if port else [name]

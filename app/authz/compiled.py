@@ -123,14 +123,9 @@ class EndpointCache:
 
     async def get(self, tenant_id: uuid.UUID, slug: str) -> CompiledEndpoint | None:
         """The compiled endpoint, from memory when warm."""
-        key = cache_key(tenant_id, slug)
-        hit, value = self.cache.get(key)
-        if hit:
-            return value
-        generation = self.cache.generation
-        value = await self._load(tenant_id, slug)
-        self.cache.put(key, value, generation)
-        return value
+        return await self.cache.get_or_load(
+            cache_key(tenant_id, slug), lambda: self._load(tenant_id, slug)
+        )
 
     async def _load(self, tenant_id: uuid.UUID, slug: str) -> CompiledEndpoint | None:
         async with self.sessionmaker() as session:

@@ -333,3 +333,31 @@ async def test_same_slug_other_tenant_key_cannot_reach(client, tenant):
     )
     r = await client.post(f"/api/v1/endpoints/{slug}/query", headers={"X-API-Key": r.json()["key"]})
     assert r.status_code == 404
+
+
+async def test_an_expired_endpoint_is_loaded_once_for_the_requests_in_flight(
+    client, tenant, runtime, monkeypatch
+):
+    """When the compiled endpoint's TTL passes under load, the requests in flight share one
+    database load (they used to load it each, queueing on the pool: a tail of slow requests
+    every minute)."""
+    import asyncio
+
+    ep = await make_endpoint(tenant)
+    assert (await query(client, ep["slug"], tenant.owner)).status_code == 200
+    loads = 0
+    real = runtime.endpoints._load
+
+    async def counted(*args):
+        nonlocal loads
+        loads += 1
+        await asyncio.sleep(0.05)  # a database under load
+        return await real(*args)
+
+    monkeypatch.setattr(runtime.endpoints, "_load", counted)
+    cache = runtime.endpoints.cache
+    for key, (_at, value) in list(cache.entries.items()):
+        cache.entries[key] = (0.0, value)  # every entry past its TTL
+    answers = await asyncio.gather(*(query(client, ep["slug"], tenant.owner) for _ in range(40)))
+    assert [r.status_code for r in answers] == [200] * 40
+    assert loads == 1
