@@ -7,7 +7,8 @@ Two layers, both made for the one job of relaying a query:
   32 callers in flight it answered ~350 requests/s on this machine, and fewer the larger the
   pool. This one keeps, per origin, a stack of idle HTTP/1.1 connections: checking one out looks
   at one connection, and a caller that finds the pool full waits in line for the next connection
-  handed back. Redirects, timeouts and cookies stay the client's business.
+  handed back. It follows no redirect and keeps no cookie (one process forwards for every
+  tenant and user); timeouts come in the request's `timeout` extension, as httpx passes them.
 - `_Connection`, one HTTP/1.1 connection: an asyncio protocol whose responses are parsed by
   llhttp (`httptools`, the parser uvicorn serves Warden's own requests with). httpcore's
   connection (h11 in pure Python over anyio streams, a cancel scope per read and write) cost
@@ -27,26 +28,12 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from http.cookiejar import CookieJar
 from typing import Any
 
 import httptools
 import httpx
 
 from app.core.outbound import GuardedBackend, OutboundRefused
-
-
-class NoCookies(CookieJar):
-    """The forwarding client's cookie jar: one client serves every tenant and user, so an
-    upstream's Set-Cookie must never be replayed on someone else's request. Nothing is parsed,
-    stored or sent (a jar that merely refused every cookie still parsed each response's)."""
-
-    def extract_cookies(self, response: object, request: object) -> None:
-        return None
-
-    def add_cookie_header(self, request: object) -> None:
-        return None
-
 
 _Key = tuple[bytes, bytes, int]  # (scheme, host, port)
 

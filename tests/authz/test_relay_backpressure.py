@@ -23,7 +23,7 @@ import pytest
 import uvicorn
 
 from app.authz.relay import UpstreamStream
-from app.authz.upstream import NoCookies, UpstreamTransport
+from app.authz.upstream import UpstreamTransport
 from tests.support.servers import free_port
 
 TOTAL = 1024 * 1024 * 1024  # what the upstream would send: far more than any buffer
@@ -93,7 +93,6 @@ def relay_app(upstream_url: str, seen: Relayed):
             http["client"] = httpx.AsyncClient(
                 transport=UpstreamTransport(max_connections=32, deadline_seconds=60),
                 timeout=httpx.Timeout(60.0),
-                cookies=NoCookies(),
             )
         client = http["client"]
         upstream = await client.send(client.build_request("GET", upstream_url), stream=True)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from app.authz.relay import UpstreamStream
-from app.authz.upstream import NoCookies, UpstreamTransport
+from app.authz.upstream import UpstreamTransport
 from tests.support.servers import serve_in_thread, serve_raw
 
 
@@ -36,7 +36,6 @@ def pool_client(**transport: float) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         transport=UpstreamTransport(**transport),  # type: ignore[arg-type]
         timeout=httpx.Timeout(3.0),
-        cookies=NoCookies(),
     )
 
 

@@ -13,7 +13,7 @@ import pytest
 from starlette.requests import ClientDisconnect
 
 from app.authz.relay import UpstreamStream
-from app.authz.upstream import NoCookies, UpstreamTransport
+from app.authz.upstream import UpstreamTransport
 from tests.support.servers import free_port, serve_in_thread
 
 PEERS: set[int] = set()
@@ -54,17 +54,22 @@ def client(size: int, **timeouts: float) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         transport=UpstreamTransport(max_connections=size),
         timeout=httpx.Timeout(5.0, **timeouts),
-        cookies=NoCookies(),
     )
 
 
 async def test_an_upstream_cookie_is_never_replayed(peer):
-    async with client(2) as http:
-        first = await http.get(f"{peer}/cookie")
+    """The pool keeps no cookies: one process forwards for every tenant and user, so an
+    upstream's Set-Cookie must never ride on someone else's request (the relay calls the pool
+    directly, with no client and no cookie jar in front)."""
+    transport = UpstreamTransport(max_connections=2)
+    try:
+        first = await transport.handle_async_request(httpx.Request("GET", f"{peer}/cookie"))
+        await first.aread()
         assert first.headers["set-cookie"] == "session=upstream-secret"
-        assert len(http.cookies) == 0
-        second = await http.get(f"{peer}/cookie")
-        assert second.text == "none"  # no Cookie header on the next caller's request
+        second = await transport.handle_async_request(httpx.Request("GET", f"{peer}/cookie"))
+        assert (await second.aread()) == b"none"  # no Cookie header on the next request
+    finally:
+        await transport.aclose()
 
 
 async def test_concurrent_requests_share_a_bounded_set_of_connections(peer):

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from app.authz.upstream import NoCookies, UpstreamTransport
+from app.authz.upstream import UpstreamTransport
 from tests.support.servers import RawHandler, serve_raw
 
 
@@ -49,7 +49,6 @@ def pool(size: int = 2) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         transport=UpstreamTransport(max_connections=size, deadline_seconds=5.0),
         timeout=httpx.Timeout(3.0),
-        cookies=NoCookies(),
     )
 
 
