@@ -7,7 +7,6 @@ console's CSP stays intact on the way)."""
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from tests.identity_providers.conftest import new_tenant, serve_warden
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.browser import launch_chromium, require_chromium
 from tests.support.oidc_provider import TestProvider, run_provider
 
 TIMEOUT_MS = 15_000
@@ -54,23 +53,14 @@ async def _register(warden: str, provider: TestProvider, tenant: Any) -> None:
 
 
 async def test_console_sign_in_and_out_through_the_provider_in_chromium(provider, app):
-    from playwright.async_api import async_playwright
-
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must have chromium (.ci/run installs it)")
-        pytest.skip("needs Debian's chromium (.ci/run installs it; CI never skips)")
+    require_chromium()
     async with contextlib.AsyncExitStack() as stack:
         warden = (await stack.enter_async_context(serve_warden())).url
         tenant = await new_tenant(warden)
         await _register(warden, provider, tenant)
         login = f"dana@{tenant.domain}"
 
-        pw = await stack.enter_async_context(async_playwright())
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
-        )
-        stack.push_async_callback(browser.close)
+        browser = await launch_chromium(stack)
         context = await browser.new_context()
         context.set_default_timeout(TIMEOUT_MS)
         page = await context.new_page()

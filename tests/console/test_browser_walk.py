@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -26,13 +25,9 @@ from starlette.routing import Route
 
 from tests.conftest import PASSWORD
 from tests.sessions.test_browser import warden_with_page
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.browser import launch_chromium, require_chromium
 from tests.support.servers import free_port, serve_in_thread
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None and __import__("os").environ.get("CI") is None,
-    reason="needs Debian's chromium (.ci/run installs it; CI never skips)",
-)
 TIMEOUT_MS = 15_000
 
 FORGERY = """<!doctype html>
@@ -480,18 +475,12 @@ async def _walk_viewer(context: Any, warden: str, tenant: dict[str, Any]) -> Non
 
 
 async def test_console_walk_as_every_role() -> None:
-    from playwright.async_api import async_playwright
-
-    assert CHROMIUM is not None, "CI must have chromium (.ci/run installs it)"
+    require_chromium()
     async with contextlib.AsyncExitStack() as stack:
         warden = await stack.enter_async_context(warden_with_page(free_port()))
         tenant = await _tenant(warden)
         evil = stack.enter_context(forgery_site(f"{warden}/console/endpoints/orders/delete"))
-        pw = await stack.enter_async_context(async_playwright())
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
-        )
-        stack.push_async_callback(browser.close)
+        browser = await launch_chromium(stack)
         for role, walk in (
             ("owner", _walk_owner),
             ("admin", _walk_admin),

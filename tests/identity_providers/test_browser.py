@@ -7,10 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 
-import pytest
-
 from tests.identity_providers.conftest import add_provider, new_tenant, serve_warden
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.browser import launch_chromium, require_chromium
 
 TIMEOUT_MS = 15_000
 
@@ -32,25 +30,14 @@ async function call(method, path, withCsrf) {
 
 
 async def test_sign_in_through_the_provider_in_chromium(provider, app):
-    import os
-
-    from playwright.async_api import async_playwright
-
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must have chromium (.ci/run installs it)")
-        pytest.skip("needs Debian's chromium (.ci/run installs it; CI never skips)")
+    require_chromium()
     async with contextlib.AsyncExitStack() as stack:
         warden = await stack.enter_async_context(serve_warden(page=PAGE))
         tenant = await new_tenant(warden.url)
         registered = await add_provider(warden.url, provider, tenant)
         login = f"pat@{tenant.domain}"
 
-        pw = await stack.enter_async_context(async_playwright())
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
-        )
-        stack.push_async_callback(browser.close)
+        browser = await launch_chromium(stack)
         context = await browser.new_context()
         context.set_default_timeout(TIMEOUT_MS)
         page = await context.new_page()

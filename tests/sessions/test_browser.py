@@ -11,14 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
-import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -26,13 +24,9 @@ from starlette.routing import Route
 
 from tests.conftest import PASSWORD
 from tests.sessions.conftest import audit_events
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.browser import launch_chromium, require_chromium
 from tests.support.servers import free_port, serve_in_thread, serve_warden_with_page
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None and not os.environ.get("CI"),
-    reason="needs Debian's chromium (.ci/run installs it; CI never skips)",
-)
 TIMEOUT_MS = 15_000
 
 PAGE = """<!doctype html>
@@ -157,9 +151,7 @@ async def _refused_origins(runtime: Any, tenant_id: str, expected: int) -> list[
 
 
 async def test_browser_login_cookie_auth_and_cross_origin_forgery(runtime):
-    from playwright.async_api import async_playwright
-
-    assert CHROMIUM is not None, "CI must have chromium (.ci/run installs it)"
+    require_chromium()
     recorder = Recorder()
     async with contextlib.AsyncExitStack() as stack:
         upstream = stack.enter_context(serve_in_thread(recorder.app()))
@@ -169,11 +161,7 @@ async def test_browser_login_cookie_auth_and_cross_origin_forgery(runtime):
         evil = stack.enter_context(attacker_site(f"{warden}{query}"))
         assert evil.rsplit(":", 1)[0] == warden.rsplit(":", 1)[0]  # same host, other port
 
-        pw = await stack.enter_async_context(async_playwright())
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
-        )
-        stack.push_async_callback(browser.close)
+        browser = await launch_chromium(stack)
         context = await browser.new_context()
         context.set_default_timeout(TIMEOUT_MS)
         page = await context.new_page()
