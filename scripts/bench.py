@@ -2,7 +2,7 @@
 Warden's hot routes next to a bare FastAPI hello-world, a raw ASGI hello-world and a bare
 FastAPI + httpx proxy, served the same way, at the same connection counts, on this machine.
 
-    scripts/bench [--connections 16,32,64] [--duration 6] [--rounds 1] [--json out.json]
+    scripts/bench [--connections 16,32,64] [--duration 6] [--rounds 1] [--json out.json] [--no-pin]
                   [--database-url URL] [--redis-url URL] [--loadgen auto|wrk|python]
                   [--threads N] [--targets hello,authz_check,...]
 
@@ -15,10 +15,13 @@ fresh database is created next to the one named (and dropped afterwards); with `
 that Redis database is flushed first.
 
 Before each target, every server must be idle (a reference still draining a backlog would
-share the CPUs with the next run). CPU per request is the user + system time of the serving
-process (from `/proc/<pid>/stat`) spent while the target ran, divided by the requests
-completed. A request slower than 1 s is a failure (wrk `--timeout 1s`). Exits 1 when any
-measured request failed.
+share the CPUs with the next run). On a machine with two CPUs or more the server under load
+runs alone on the first CPU while wrk, the upstream and every idle server share the others
+(`--no-pin` leaves placement to the scheduler, under which one run's CPU per request moved by
+up to 40% when the server and wrk met on one CPU). CPU per request is the user + system
+time of the serving process (from `/proc/<pid>/stat`) spent while the target ran, divided by
+the requests completed. A request slower than 1 s is a failure (wrk `--timeout 1s`). Exits 1
+when any measured request failed.
 """
 
 from __future__ import annotations
@@ -237,6 +240,31 @@ def process_cpu_seconds(pid: int) -> float:
         stat = handle.read()
     fields = stat[stat.rindex(b")") + 2 :].split()  # the command name may hold spaces
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Move every thread of process `pid` onto `cpus` (a thread's affinity is its own; threads
+    started later inherit their creator's)."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with suppress(ProcessLookupError, FileNotFoundError):
+            os.sched_setaffinity(int(task), cpus)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """`--pin`: the server under load runs alone on `measured`; the load generator, the
+    upstream and the idle servers share `rest`. Without it the scheduler moves the server and
+    wrk between the CPUs, and the same run's CPU per request moved by up to 40%."""
+
+    measured: set[int]
+    rest: set[int]
+
+    @classmethod
+    def choose(cls, enabled: bool) -> Placement | None:
+        cpus = sorted(os.sched_getaffinity(0))
+        if not enabled or len(cpus) < 2:
+            return None
+        return cls({cpus[0]}, set(cpus[1:]))
 
 
 def wait_quiet(servers: list[Server]) -> float:
@@ -597,7 +625,9 @@ def run_wrk(
         )
     )
     threads = max(1, min(args.threads, connections))
-    command = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{args.duration}s"]
+    placement: Placement | None = args.placement
+    command = ["taskset", "-c", ",".join(map(str, sorted(placement.rest)))] if placement else []
+    command += [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{args.duration}s"]
     command += ["--timeout", f"{REQUEST_TIMEOUT_SECONDS:.0f}s", "--latency", "-s", str(script)]
     command.append(request.url)
     done = subprocess.run(
@@ -967,7 +997,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--targets",
         help="comma-separated subset of: " + ", ".join(t.name for t in TARGETS),
     )
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="let the scheduler place processes (default: the server under load alone on one\n"
+        "CPU, wrk and every other process on the others)",
+    )
     args = parser.parse_args(argv)
+    args.placement = Placement.choose(args.pin)
     if args.concurrency is not None:
         if args.concurrency < 1:
             parser.error("--concurrency must be at least 1")
@@ -1039,14 +1077,21 @@ def measure(
     workdir: Path,
 ) -> Result:
     """Load one target once; its figures with the serving process's CPU time."""
-    cpu_before = process_cpu_seconds(server.proc.pid)
-    result = (
-        run_wrk(wrk, target.name, request, args, connections, workdir)
-        if wrk
-        else run_python_loadgen(target.name, request, args, connections)
-    )
-    time.sleep(0.5)  # let aborted requests finish (and log) before reading the clock
-    result.cpu_seconds = process_cpu_seconds(server.proc.pid) - cpu_before
+    placement: Placement | None = args.placement
+    if placement is not None:
+        pin(server.proc.pid, placement.measured)
+    try:
+        cpu_before = process_cpu_seconds(server.proc.pid)
+        result = (
+            run_wrk(wrk, target.name, request, args, connections, workdir)
+            if wrk
+            else run_python_loadgen(target.name, request, args, connections)
+        )
+        time.sleep(0.5)  # let aborted requests finish (and log) before reading the clock
+        result.cpu_seconds = process_cpu_seconds(server.proc.pid) - cpu_before
+    finally:
+        if placement is not None:
+            pin(server.proc.pid, placement.rest)
     result.connections = connections
     return result
 
@@ -1089,6 +1134,9 @@ def main(argv: list[str]) -> int:
         try:
             with terminate_as_exit():
                 started = start_all(warden_env, workdir, servers)
+                if args.placement is not None:
+                    for server in servers:
+                        pin(server.proc.pid, args.placement.rest)
                 warden = started["warden"]
                 ports = {name: server.port for name, server in started.items()}
                 with httpx.Client(base_url=warden.base_url, timeout=30) as client:
