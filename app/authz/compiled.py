@@ -121,10 +121,13 @@ class EndpointCache:
         """Drop one endpoint (`tenant:slug`) or everything."""
         self.cache.invalidate(key)
 
-    async def get(self, tenant_id: uuid.UUID, slug: str) -> CompiledEndpoint | None:
-        """The compiled endpoint, from memory when warm."""
+    async def get(
+        self, tenant_id: uuid.UUID, slug: str, *, tenant_text: str | None = None
+    ) -> CompiledEndpoint | None:
+        """The compiled endpoint, from memory when warm (`tenant_text`: `tenant_id` as text,
+        when the caller has it already)."""
         return await self.cache.get_or_load(
-            cache_key(tenant_id, slug), lambda: self._load(tenant_id, slug)
+            cache_key(tenant_text or tenant_id, slug), lambda: self._load(tenant_id, slug)
         )
 
     async def _load(self, tenant_id: uuid.UUID, slug: str) -> CompiledEndpoint | None:

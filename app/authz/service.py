@@ -28,7 +28,7 @@ async def load_endpoint(
     endpoints: EndpointCache, principal: Principal, slug: str
 ) -> CompiledEndpoint:
     """The endpoint in the caller's tenant (cached), or 404."""
-    endpoint = await endpoints.get(principal.tenant_id, slug)
+    endpoint = await endpoints.get(principal.tenant_id, slug, tenant_text=principal.tenant_text)
     if endpoint is None:
         raise NotFound("Endpoint not found.", code="endpoint_not_found")
     return endpoint

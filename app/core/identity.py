@@ -3,6 +3,7 @@ and how a caller appears in the audit trail (`Actor`)."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -65,7 +66,14 @@ class Principal:
         """The local user's id, when the principal is a local user."""
         return uuid.UUID(self.id) if self.kind == "user" else None
 
-    @property
+    # Cached (written to the instance's __dict__, which a frozen dataclass allows): a verified
+    # token's principal is reused for every request that presents the token.
+    @functools.cached_property
     def actor(self) -> Actor:
         """How the principal appears in the audit trail."""
         return Actor(self.kind, self.id, self.email)
+
+    @functools.cached_property
+    def tenant_text(self) -> str:
+        """`tenant_id` as text (cache and revocation keys)."""
+        return str(self.tenant_id)

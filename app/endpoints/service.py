@@ -28,8 +28,8 @@ from app.tenants.models import Tenant
 ENDPOINT_TOPIC = "endpoint"
 
 
-def cache_key(tenant_id: uuid.UUID, slug: str) -> str:
-    """The invalidation key of one endpoint."""
+def cache_key(tenant_id: uuid.UUID | str, slug: str) -> str:
+    """The invalidation key of one endpoint (the tenant's id, or that id as text)."""
     return f"{tenant_id}:{slug}"
 
 

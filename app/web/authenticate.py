@@ -66,9 +66,29 @@ class Presented(NamedTuple):
         return self.source == "x-api-key" or self.value.startswith(KEY_PREFIX)
 
 
-def bearer_token(request: Request) -> str | None:
+class CredentialHeaders(NamedTuple):
+    """The headers the authenticator reads, found in one pass over the request's raw headers
+    (the first of a repeated header counts, as `Request.headers.get` reads it)."""
+
+    authorization: str | None
+    api_key: str | None
+    tenant: str | None
+
+    @classmethod
+    def of(cls, request: Request) -> CredentialHeaders:
+        found: list[str | None] = [None, None, None]
+        for name, value in request.scope["headers"]:
+            slot = _CREDENTIAL_SLOTS.get(name)
+            if slot is not None and found[slot] is None:
+                found[slot] = value.decode("latin-1")
+        return cls(*found)
+
+
+_CREDENTIAL_SLOTS = {b"authorization": 0, b"x-api-key": 1, b"x-tenant": 2}
+
+
+def bearer_token(header: str | None) -> str | None:
     """The token of an `Authorization: Bearer …` header, if any (401 when malformed)."""
-    header = request.headers.get("authorization")
     if not header:
         return None
     scheme, _, value = header.partition(" ")
@@ -77,10 +97,13 @@ def bearer_token(request: Request) -> str | None:
     return value.strip()
 
 
-def presented_credential(request: Request, cookie: str | None) -> Presented | None:
+def presented_credential(
+    request: Request, cookie: str | None, headers: CredentialHeaders | None = None
+) -> Presented | None:
     """The one credential of a request; `cookie` names the cookie to fall back on."""
-    token = bearer_token(request)
-    api_key = request.headers.get("x-api-key")
+    found = headers or CredentialHeaders.of(request)
+    token = bearer_token(found.authorization)
+    api_key = found.api_key
     if token is not None and api_key is not None:
         raise Unauthenticated("Send one credential, not two.", code="ambiguous_credentials")
     if api_key is not None:
@@ -149,7 +172,8 @@ class Authenticator:
         if mode is Mode.INTERNAL:
             return await self._service_principal(request)
         cookie = self.settings.forward_auth_cookie if mode is Mode.GATEWAY else SESSION_COOKIE
-        presented = presented_credential(request, cookie)
+        found = CredentialHeaders.of(request)
+        presented = presented_credential(request, cookie, found)
         if presented is None:
             raise Unauthenticated()
         if presented.is_api_key:
@@ -159,7 +183,7 @@ class Authenticator:
             if csrf_token is not None:
                 headers = {**request.headers, CSRF_HEADER: csrf_token}
             return await self.cookie(presented.value, request.method, headers)
-        hint = tenant_hint if mode is Mode.GATEWAY else request.headers.get("x-tenant")
+        hint = tenant_hint if mode is Mode.GATEWAY else found.tenant
         return await self.token(presented.value, hint)
 
     async def token(self, token: str, tenant_hint: str | None = None) -> Principal:
@@ -203,7 +227,7 @@ class Authenticator:
         if await self.revocations.is_revoked(
             jti=principal.jti,
             user_id=principal.id if principal.kind == "user" else None,
-            tenant_id=str(principal.tenant_id),
+            tenant_id=principal.tenant_text,
             # Only Warden's own tokens carry a token version; a satellite's `ver` means nothing.
             version=int(principal.claims.get("ver", 0)) if principal.kind == "user" else 0,
         ):

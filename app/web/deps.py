@@ -61,7 +61,6 @@ async def current_principal(request: Request, runtime: RuntimeDep) -> Principal:
     structlog.contextvars.bind_contextvars(
         tenant=principal.tenant_slug, principal=f"{principal.kind}:{principal.id}"
     )
-    request.state.principal = principal
     return principal
 
 
