@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, cast
 
 import structlog
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, MovingWindowSupport, Storage
+from limits.aio.storage import MemoryStorage, Storage
 from limits.storage import storage_from_string
 from redis.asyncio import Redis
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -95,9 +95,9 @@ class MovingWindowMemoryStorage(MemoryStorage):
             self.storage.pop(key, None)
             del self.expirations[key]
 
-    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
-        """limits' fixed-window counter without its lock, its extra reads and its sweeper task
-        (nothing here awaits, so nothing can interleave)."""
+    def count(self, key: str, expiry: float, amount: int = 1) -> int:
+        """limits' fixed-window counter without its lock, its extra reads and its sweeper task:
+        the count of the window after `amount` more (synchronous: nothing here waits)."""
         now = time.time()
         self._sweep(now)
         if self.expirations.get(key, 0) <= now:  # a new or expired window starts over
@@ -108,7 +108,12 @@ class MovingWindowMemoryStorage(MemoryStorage):
             self.expirations[key] = now + expiry
         return value
 
-    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        """limits' `incr` (its interface): `count`."""
+        return self.count(key, expiry, amount)
+
+    def take(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        """Spend `amount` hits of a moving window if they fit (synchronous)."""
         if amount > limit:
             return False
         now = time.time()
@@ -122,17 +127,26 @@ class MovingWindowMemoryStorage(MemoryStorage):
         window.extend([now] * amount)
         return True
 
-    async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+    def read(self, key: str, expiry: int) -> tuple[float, int]:
+        """The start and the count of a moving window (synchronous)."""
         now = time.time()
         window = self._window(key, expiry, now)
-        # As limits' own storage: a hit exactly one period old still blocks `acquire_entry` but
-        # is no longer counted here.
+        # As limits' own storage: a hit exactly one period old still blocks `take` but is no
+        # longer counted here.
         first = 0
         while window is not None and first < len(window) and window[first] <= now - expiry:
             first += 1
         if window is None or first == len(window):
             return now, 0
         return window[first], len(window) - first
+
+    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        """limits' interface: `take`."""
+        return self.take(key, limit, expiry, amount)
+
+    async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        """limits' interface: `read`."""
+        return self.read(key, expiry)
 
     async def clear(self, key: str) -> None:
         self.windows.pop(key, None)
@@ -432,6 +446,9 @@ class AsyncLimiter:
     ) -> None:
         self.distributed = redis_url is not None
         self.storage: Storage
+        # This process's counters when no Redis is configured, called synchronously (no
+        # coroutine per call: the hot path's limits cost a dict update each).
+        self.memory: MovingWindowMemoryStorage | None = None
         self.shared_windows: SharedFixedWindows | None = None
         self.redis_windows: RedisMovingWindows | None = None
         if redis_url:
@@ -444,8 +461,8 @@ class AsyncLimiter:
             self.shared_windows = SharedFixedWindows(client)
             self.redis_windows = RedisMovingWindows(client)
         else:
-            self.storage = MovingWindowMemoryStorage()
-        self.moving = cast(MovingWindowSupport, self.storage)
+            self.memory = MovingWindowMemoryStorage()
+            self.storage = self.memory
         self._keys: dict[tuple[str, RateLimitItem, tuple[str, ...]], str] = {}
 
     def _key(self, item: RateLimitItem, ids: tuple[str, ...]) -> str:
@@ -463,8 +480,9 @@ class AsyncLimiter:
         try:
             if self.redis_windows is not None:
                 return await self.redis_windows.hit(key, item.amount, expiry)
-            allowed = await self.moving.acquire_entry(key, item.amount, expiry)
-            start, count = await self.moving.get_moving_window(key, item.amount, expiry)
+            assert self.memory is not None  # noqa: S101  (no Redis: this process's memory)
+            allowed = self.memory.take(key, item.amount, expiry)
+            start, count = self.memory.read(key, expiry)
         except Exception as exc:
             raise _unavailable(exc) from exc
         return LimitState(allowed, item.amount, item.amount - count, start + expiry)
@@ -475,7 +493,8 @@ class AsyncLimiter:
         try:
             if self.redis_windows is not None:
                 return await self.redis_windows.peek(key, item.amount, expiry)
-            start, count = await self.moving.get_moving_window(key, item.amount, expiry)
+            assert self.memory is not None  # noqa: S101  (no Redis: this process's memory)
+            start, count = self.memory.read(key, expiry)
         except Exception as exc:
             raise _unavailable(exc) from exc
         return LimitState(count < item.amount, item.amount, item.amount - count, start + expiry)
@@ -492,7 +511,8 @@ class AsyncLimiter:
             except Exception as exc:
                 raise _unavailable(exc) from exc
         try:
-            if await self.storage.incr(key, item.get_expiry()) <= item.amount:
+            assert self.memory is not None  # noqa: S101  (no Redis: this process's memory)
+            if self.memory.count(key, item.get_expiry()) <= item.amount:
                 return LimitState(True, item.amount, 1, 0.0)
             count = await self.storage.get(key)
             reset_at = await self.storage.get_expiry(key)
