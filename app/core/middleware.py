@@ -145,30 +145,21 @@ class RequestContextMiddleware:
             await _too_large(send, request_id)
             return
 
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise BodyTooLarge
-            return message
-
         # With a Content-Length (checked above) the server delivers no more than that many bytes;
         # only a chunked body has to be counted as it arrives.
-        guarded = receive if declared is not None and declared.isdigit() else limited_receive
+        guarded = (
+            receive
+            if declared is not None and declared.isdigit()
+            else _counted(receive, self.max_body_bytes)
+        )
+        extra = ((b"x-request-id", request_id.encode()), *(_SECURE_HEADERS if https else _HEADERS))
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", []))
+                headers = list(message.get("headers", ()))
                 names = {name.lower() for name, _ in headers}
-                if b"x-request-id" not in names:
-                    headers.append((b"x-request-id", request_id.encode()))
-                extra = _SECURE_HEADERS if https else _HEADERS
                 headers.extend(h for h in extra if h[0] not in names)
                 message["headers"] = headers
             await send(message)
@@ -192,6 +183,23 @@ class RequestContextMiddleware:
 
 class BodyTooLarge(Exception):
     """Raised from `receive` once a body outgrows the cap; this middleware answers 413."""
+
+
+def _counted(receive: Receive, cap: int) -> Receive:
+    """`receive` for a body without a Content-Length: counted as it arrives, `BodyTooLarge`
+    past `cap` bytes."""
+    received = 0
+
+    async def counted() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > cap:
+                raise BodyTooLarge
+        return message
+
+    return counted
 
 
 async def _too_large(send: Send, request_id: str) -> None:
