@@ -24,7 +24,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -61,7 +61,7 @@ ROOM_TIMEOUT_SECONDS = 10.0  # a request waits this long for room, then gets 503
 YIELD_EVERY = 32
 
 
-@dataclass
+@dataclass(slots=True)  # one per audited request
 class EventData:
     """An event before it is linked into a chain."""
 
@@ -84,31 +84,61 @@ def chain_key(tenant_id: uuid.UUID | None) -> str:
     return str(tenant_id) if tenant_id else SYSTEM_CHAIN
 
 
-def canonical_event(event: AuditEvent | EventRow) -> bytes:
+def by_chain(events: Iterable[EventData]) -> dict[str, list[EventData]]:
+    """Events grouped by chain, each group in queue order (grouped by tenant first: a batch
+    holds thousands of events of a few tenants)."""
+    by_tenant: dict[uuid.UUID | None, list[EventData]] = {}
+    for data in events:
+        group = by_tenant.get(data.tenant_id)
+        if group is None:
+            group = by_tenant[data.tenant_id] = []
+        group.append(data)
+    chains: dict[str, list[EventData]] = {}
+    for tenant_id, group in by_tenant.items():
+        chains.setdefault(chain_key(tenant_id), []).extend(group)
+    return chains
+
+
+def canonical_event(event: AuditEvent | EventRow, details_json: str | None = None) -> bytes:
     """The bytes that are hashed: every field but the hashes, in a fixed JSON form:
     `json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)` of the fields below,
-    written out one by one (keys in sorted order) because it is computed for every event."""
-    tenant_id = str(event.tenant_id) if event.tenant_id else None
-    return _CANONICAL_TEMPLATE.format(
-        _json(event.action),
-        _json(event.actor_digest),
-        _json(event.actor_type),
-        _json(event.at.isoformat(timespec="microseconds")),
-        _CANONICAL_JSON.encode(event.details),
-        _json(str(event.id)),
-        _json(event.outcome),
-        _json(event.request_id),
-        _json(event.seq),
-        _json(event.target_id),
-        _json(event.target_type),
-        _json(tenant_id),
+    written out one by one (keys in sorted order) because it is computed for every event. The
+    leading three fields (one actor doing one action) and the trailing three (one target of
+    one tenant) repeat from event to event: they are written once per value. `details_json`:
+    `canonical_details(event.details)`, when the caller has it already."""
+    return (
+        _canonical_head(event.action, event.actor_digest, event.actor_type)
+        + _CANONICAL_MIDDLE.format(
+            _json(event.at.isoformat(timespec="microseconds")),
+            canonical_details(event.details) if details_json is None else details_json,
+            _json(str(event.id)),
+            _json(event.outcome),
+            _json(event.request_id),
+            _json(event.seq),
+        )
+        + _canonical_tail(event.target_id, event.target_type, event.tenant_id)
     ).encode()
 
 
-_CANONICAL_TEMPLATE = (
-    '{{"action":{},"actor_digest":{},"actor_type":{},"at":{},"details":{},"id":{},"outcome":{},'
-    '"request_id":{},"seq":{},"target_id":{},"target_type":{},"tenant_id":{}}}'
-)
+_CANONICAL_MIDDLE = '"at":{},"details":{},"id":{},"outcome":{},"request_id":{},"seq":{},'
+
+
+@functools.lru_cache(maxsize=4_096)  # pure functions of their arguments: memos, not state
+def _canonical_head(action: str, actor_digest: str, actor_type: str) -> str:
+    return f'{{"action":{_json(action)},"actor_digest":{_json(actor_digest)},"actor_type":{_json(actor_type)},'  # noqa: E501
+
+
+@functools.lru_cache(maxsize=4_096)
+def _canonical_tail(
+    target_id: str | None, target_type: str | None, tenant_id: uuid.UUID | None
+) -> str:
+    tenant = str(tenant_id) if tenant_id else None
+    return f'"target_id":{_json(target_id)},"target_type":{_json(target_type)},"tenant_id":{_json(tenant)}}}'  # noqa: E501
+
+
+def canonical_details(details: Mapping[str, Any]) -> str:
+    """An event's details as the chain hashes them (also valid JSON for the details column)."""
+    return _CANONICAL_JSON.encode(details)
 
 
 _CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
@@ -149,9 +179,9 @@ def _json_ready(details: dict[str, Any]) -> dict[str, Any]:
     return loaded
 
 
-def link_hash(prev_hash: str, event: AuditEvent | EventRow) -> str:
+def link_hash(prev_hash: str, event: AuditEvent | EventRow, details_json: str | None = None) -> str:
     """`SHA-256(prev_hash || canonical event)`."""
-    return hashlib.sha256(prev_hash.encode() + canonical_event(event)).hexdigest()
+    return hashlib.sha256(prev_hash.encode() + canonical_event(event, details_json)).hexdigest()
 
 
 @dataclass(slots=True)
@@ -216,22 +246,33 @@ class _DriverInsert:
         head, _, group = compiled.string.partition(" VALUES ")
         return cls(f"{head} VALUES ", group, compiled.string, names, processors, positional)
 
-    async def _values(self, rows: Sequence[EventRow]) -> list[tuple[Any, ...]]:
+    async def _values(
+        self, rows: Sequence[EventRow], details_texts: Sequence[str]
+    ) -> list[tuple[Any, ...]]:
+        """The driver's values of each row. The details column gets the JSON text the chain
+        hashed (`canonical_details`) instead of a second encoding by its bind processor."""
         read = operator.attrgetter(*self.names)
-        convert = [(i, proc) for i, proc in enumerate(self.processors) if proc is not None]
+        details = self.names.index("details")
+        convert = [
+            (i, proc) for i, proc in enumerate(self.processors) if proc is not None and i != details
+        ]
         values = []
-        for count, row in enumerate(rows, 1):
+        for count, (row, text) in enumerate(zip(rows, details_texts, strict=True), 1):
             if count % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             raw: list[Any] = list(read(row))
             for i, proc in convert:
                 raw[i] = proc(raw[i])
+            raw[details] = text
             values.append(tuple(raw))
         return values
 
-    async def execute(self, connection: AsyncConnection, rows: Sequence[EventRow]) -> None:
-        """Insert `rows` in as few driver calls as the driver allows."""
-        values = await self._values(rows)
+    async def execute(
+        self, connection: AsyncConnection, rows: Sequence[EventRow], details_texts: Sequence[str]
+    ) -> None:
+        """Insert `rows` in as few driver calls as the driver allows (`details_texts`: each
+        row's `canonical_details`)."""
+        values = await self._values(rows, details_texts)
         if connection.dialect.name == "postgresql":
             await self._copy(connection, values)
             return
@@ -345,19 +386,18 @@ async def append_events(
     chain heads are locked, that transaction has either committed or rolled back; the events
     found by id are left out, the others are linked after the current head."""
     rows: list[EventRow] = []
-    by_chain: dict[str, list[EventData]] = {}
-    for data in events:
-        by_chain.setdefault(chain_key(data.tenant_id), []).append(data)
+    details_texts: list[str] = []  # each row's details as hashed, written as they are
+    chains = by_chain(events)
     previous = session.info.get(SKIP_TENANT_FILTER)
     session.info[SKIP_TENANT_FILTER] = True  # the writer may write many tenants' chains
     try:
         # Fixed order: two writers never lock heads crosswise.
-        heads = [(key, await _lock_head(session, key)) for key in sorted(by_chain)]
+        heads = [(key, await _lock_head(session, key)) for key in sorted(chains)]
         written = await _written_ids(session, events) if skip_written else set()
         for key, head in heads:
             # Linked in locals: every attribute set on the ORM head costs microseconds.
             seq, last_hash = head.seq, head.last_hash
-            for count, data in enumerate(by_chain[key], 1):
+            for count, data in enumerate(chains[key], 1):
                 if count % YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # a big batch must not stall the requests in flight
                 if data.id in written:
@@ -366,14 +406,16 @@ async def append_events(
                 seq += 1
                 event.seq = seq
                 event.prev_hash = last_hash
-                last_hash = event.hash = link_hash(last_hash, event)
+                details = canonical_details(event.details)
+                last_hash = event.hash = link_hash(last_hash, event, details)
                 rows.append(event)
+                details_texts.append(details)
             head.seq, head.last_hash = seq, last_hash
             session.add(head)
         await session.flush()
         if rows:
             connection = await session.connection()
-            await _driver_insert(connection.dialect).execute(connection, rows)
+            await _driver_insert(connection.dialect).execute(connection, rows, details_texts)
     finally:
         session.info[SKIP_TENANT_FILTER] = previous
     return rows
@@ -553,10 +595,7 @@ class AuditWriter:
         """A tenant deleted after its events were queued fails the whole batch (its chain is
         gone): write each chain on its own and move a vanished tenant's events to the system
         chain, so one deletion never blocks every later event."""
-        by_chain: dict[str, list[EventData]] = {}
-        for data in batch:
-            by_chain.setdefault(chain_key(data.tenant_id), []).append(data)
-        for events in by_chain.values():
+        for events in by_chain(batch).values():
             try:
                 await self._write(events, unsure)
             except IntegrityError:

@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.audit.service import GENESIS, EventRow, canonical_event
+from app.audit.service import GENESIS, EventRow, canonical_details, canonical_event
 
 TEXT = st.text(max_size=40)  # any code point: quotes, escapes, controls, astral planes
 OPTIONAL_TEXT = st.none() | TEXT
@@ -75,3 +75,5 @@ def test_canonical_form_is_the_sorted_compact_json_of_the_event(
         hash=GENESIS,
     )
     assert canonical_event(event) == reference(event)
+    # The writer passes the details it encoded once (and stores that text in the row).
+    assert canonical_event(event, canonical_details(details)) == reference(event)
